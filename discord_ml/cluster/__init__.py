@@ -1,0 +1,1 @@
+"""Cluster specs, manifests, security rules and the backends that run them."""

@@ -1,0 +1,343 @@
+"""A real Ray cluster made of local processes: `ray start --head` plus one raylet per worker.
+
+Each cluster is isolated: its own free ports, its own temp dir (which also identifies its
+processes), its own auth token, the dashboard bound to 127.0.0.1. Each node runs
+`ray start --block` in a new process session so that stopping a cluster signals exactly its
+own process groups, never anyone else's Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from discord_ml.cluster.quantity import parse_quantity
+from discord_ml.cluster.spec import ClusterSpec
+
+LOCALHOST = "127.0.0.1"
+_OBJECT_STORE_FRACTION = Decimal("0.3")
+_MIN_OBJECT_STORE = 80 * 2**20  # Ray refuses less than 75 MiB
+_PORT_FLOOR = 20000
+
+
+class LocalClusterError(RuntimeError):
+    """A local Ray cluster failed to start or stop; the message carries the log tail."""
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1, chosen *below* the kernel's ephemeral range.
+
+    Ports from `bind(0)` are ephemeral: the kernel may hand them out again as the source port of
+    an outgoing connection (Ray makes many) before our raylet binds them. Holding every probe
+    socket until the batch is complete keeps the batch free of repeats.
+    """
+    rng = random.SystemRandom()
+    high = min(_ephemeral_floor(), 65535)
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind((LOCALHOST, rng.randrange(_PORT_FLOOR, high)))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def ray_executable() -> str:
+    """The `ray` CLI of this interpreter's environment (never one found elsewhere on PATH)."""
+    candidate = Path(sys.executable).parent / "ray"
+    if not candidate.exists():
+        raise LocalClusterError(f"{candidate} not found; install discord_ml with its dependencies (ray[default])")
+    return str(candidate)
+
+
+def processes_using(marker: str) -> list[int]:
+    """PIDs whose command line mentions `marker` (a cluster's unique temp dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@dataclass
+class _Node:
+    role: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class LocalRayCluster:
+    """One local Ray cluster; start it, use `address`/`dashboard_url`/`auth_headers()`, stop it."""
+
+    spec: ClusterSpec
+    root: Path | None = None
+    nodes: list[_Node] = field(default_factory=list[_Node])
+
+    def __post_init__(self) -> None:
+        # Unix socket paths are limited to ~107 bytes, so the Ray temp dir lives under a short root.
+        base = self.root or Path(tempfile.gettempdir()) / f"dml-{os.getuid()}"
+        self.dir = base / f"{self.spec.cluster_name}-{secrets.token_hex(3)}"
+        self.temp_dir = self.dir / "ray"
+        self.token_file = self.dir / "auth_token"
+        self.gcs_port = self.dashboard_port = self._client_port = 0
+
+    # --- addresses ---------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """GCS address for `ray.init(address=...)` / `ray start --address`."""
+        return f"{LOCALHOST}:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """Ray dashboard and Jobs API base URL."""
+        return f"http://{LOCALHOST}:{self.dashboard_port}"
+
+    @property
+    def token(self) -> str:
+        """The cluster's auth token."""
+        return self.token_file.read_text().strip()
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers every HTTP client of this cluster must send."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for processes that talk to this cluster (drivers, notebooks)."""
+        return {
+            "RAY_ADDRESS": self.address,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.token_file),
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, *, timeout: float = 120.0) -> LocalRayCluster:
+        """Start the head and the workers and wait until every node is alive.
+
+        Raises:
+            LocalClusterError: with the failing node's log tail; everything started is stopped.
+        """
+        self.dir.mkdir(parents=True, exist_ok=False)
+        self.token_file.write_text(secrets.token_urlsafe(32))
+        self.token_file.chmod(0o600)
+        deadline = time.monotonic() + timeout
+        try:
+            self.gcs_port, self.dashboard_port, self._client_port = free_ports(3)
+            self._launch("head", self._head_args())
+            self._wait(self._dashboard_ok, deadline, "the head's dashboard to answer")
+            # One node at a time: raylets starting together on a small machine race for ports
+            # and miss Ray's fixed 30 s registration window.
+            for i in range(self.spec.workers):
+                self._launch(f"worker-{i}", self._worker_args())
+                expected = 2 + i
+                self._wait(lambda n=expected: self.alive_nodes() >= n, deadline, f"{expected} alive Ray nodes")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, *, grace: float = 2.0) -> None:
+        """Stop exactly this cluster's processes and remove its temp dir.
+
+        SIGTERM, a short grace, then SIGKILL of each node's process group: Ray's own graceful
+        shutdown takes ~30 s per node and buys nothing for a throwaway cluster whose jobs were
+        already stopped through the Jobs API.
+        """
+        for node in self.nodes:
+            _signal_group(node.process, signal.SIGTERM)
+        end = time.monotonic() + grace
+        for node in self.nodes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.process.wait(timeout=max(0.05, end - time.monotonic()))
+            _signal_group(node.process, signal.SIGKILL)
+            node.process.wait()
+        # Stragglers that left the process groups are found by the cluster's unique temp dir.
+        for pid in processes_using(str(self.temp_dir)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _wait_gone([node.process.pid for node in self.nodes], str(self.temp_dir))
+        self.nodes.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalRayCluster:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH_", "RAY_ADDRESS"))}
+        env.update(self.client_env())
+        env.pop("RAY_ADDRESS")
+        # Job drivers run `python ...`: make that this environment's interpreter.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        # Ray drains a node on SIGTERM (for Serve on k8s); a local cluster is torn down at once.
+        env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+        env.update(self.spec.env)
+        return env
+
+    def _common_args(self, memory: str, cpus: int, gpus: int) -> list[str]:
+        memory_bytes = int(parse_quantity(memory))
+        object_store = max(_MIN_OBJECT_STORE, int(memory_bytes * _OBJECT_STORE_FRACTION))
+        node_manager, object_manager, metrics, agent, agent_grpc, runtime_env = free_ports(6)
+        return [
+            "--block",
+            f"--node-ip-address={LOCALHOST}",
+            f"--num-cpus={cpus}",
+            f"--num-gpus={gpus}",
+            f"--memory={memory_bytes}",
+            f"--object-store-memory={object_store}",
+            f"--node-manager-port={node_manager}",
+            f"--object-manager-port={object_manager}",
+            f"--metrics-export-port={metrics}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={runtime_env}",
+            "--min-worker-port=0",  # worker processes bind OS-chosen (ephemeral) ports
+            "--max-worker-port=0",
+            "--disable-usage-stats",
+        ]
+
+    def _head_args(self) -> list[str]:
+        return [
+            "--head",
+            f"--port={self.gcs_port}",
+            f"--temp-dir={self.temp_dir}",
+            "--include-dashboard=true",
+            f"--dashboard-host={LOCALHOST}",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--ray-client-server-port={self._client_port}",
+            *self._common_args(self.spec.head_memory, 0, 0),  # like KubeRay's head: no tasks
+        ]
+
+    def _worker_args(self) -> list[str]:
+        spec = self.spec
+        cpus = max(1, int(parse_quantity(spec.worker_cpu or "1")))
+        args = [
+            f"--address={self.address}",
+            *self._common_args(spec.worker_memory or "2Gi", cpus, spec.gpus_per_worker or 0),
+        ]
+        pool = spec.pool()
+        if pool.ray_resource and spec.gpus_per_worker:
+            args.append(f"--resources={json.dumps({pool.ray_resource: spec.gpus_per_worker})}")
+        return args
+
+    def _launch(self, role: str, args: list[str]) -> None:
+        log = self.dir / f"{role}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [ray_executable(), "start", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._env(),
+                start_new_session=True,  # its own process group: stop() signals only this node
+            )
+        self.nodes.append(_Node(role, process, log))
+
+    def _wait(self, ready: Any, deadline: float, what: str) -> None:
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if node.process.poll() is not None:
+                    raise LocalClusterError(
+                        f"local cluster {self.spec.cluster_name!r}: {node.role} exited with code "
+                        f"{node.process.returncode} while waiting for {what}:\n{_tail(node.log)}"
+                    )
+            if ready():
+                return
+            time.sleep(0.5)
+        logs = "\n".join(f"--- {n.role}\n{_tail(n.log)}" for n in self.nodes)
+        raise LocalClusterError(f"local cluster {self.spec.cluster_name!r}: timed out waiting for {what}\n{logs}")
+
+    def _get(self, path: str) -> Any:
+        request = urllib.request.Request(self.dashboard_url + path, headers=self.auth_headers())
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+
+    def _dashboard_ok(self) -> bool:
+        try:
+            self._get("/api/version")
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+        return True
+
+    def alive_nodes(self) -> int:
+        """Number of Ray nodes in state ALIVE, from the dashboard's state API."""
+        try:
+            payload = self._get("/api/v0/nodes?limit=1000")
+        except (OSError, urllib.error.URLError, ValueError):
+            return 0
+        nodes = payload.get("data", {}).get("result", {}).get("result", [])
+        return sum(1 for n in nodes if n.get("state") == "ALIVE")
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def _wait_gone(groups: list[int], marker: str, timeout: float = 10.0) -> None:
+    """Block until the process groups and every process using `marker` have exited."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        alive = processes_using(marker)
+        for pgid in groups:
+            try:
+                os.killpg(pgid, 0)
+                alive.append(pgid)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not alive:
+            return
+        time.sleep(0.1)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,45 @@
+"""Shared fixtures: one real local Ray cluster per test session, a real Dagster instance per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from discord_ml.cluster.local import LocalRayCluster
+from discord_ml.cluster.spec import ClusterSpec
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_platform_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep platform state (registry, tokens) out of the developer's home directory."""
+    home = tmp_path_factory.mktemp("dml-home")
+    old = os.environ.get("DML_HOME")
+    os.environ["DML_HOME"] = str(home)
+    from discord_ml.settings import get_settings
+
+    get_settings.cache_clear()
+    yield home
+    if old is None:
+        os.environ.pop("DML_HOME", None)
+    else:
+        os.environ["DML_HOME"] = old
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[LocalRayCluster]:
+    """A real local Ray cluster (head + 2 worker raylets) shared by the tests that only submit jobs."""
+    spec = ClusterSpec.build(name="test-session", owner="pytest", workers=2, head_memory="2Gi", ttl="1h")
+    with LocalRayCluster(spec) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def dagster_instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    """A real, SQLite-backed Dagster instance in a temp dir."""
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        yield instance
