@@ -18,7 +18,9 @@ def main() -> int:
     instance = dg.DagsterInstance.get()
     job = defs.resolve_job_def(JOB)
     print(f"running Dagster job {JOB!r} (instance: {instance.root_directory})", flush=True)
-    result = job.execute_in_process(instance=instance, raise_on_error=False)
+    # INFO keeps the Ray job's own lines visible without Dagster's per-event DEBUG records.
+    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
     print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization

@@ -15,18 +15,19 @@ from discord_ml.cluster.spec import ClusterSpec
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_platform_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Keep platform state (registry, tokens) out of the developer's home directory."""
+    """Keep platform state (registry, tokens) out of the developer's home directory, and the
+    developer's own DML_* settings out of the tests (snapshots and defaults must not depend on them)."""
     home = tmp_path_factory.mktemp("dml-home")
-    old = os.environ.get("DML_HOME")
+    saved = {k: v for k, v in os.environ.items() if k.startswith("DML_") and k != "DML_KUBERAY_CRDS"}
+    for key in saved:
+        del os.environ[key]
     os.environ["DML_HOME"] = str(home)
     from discord_ml.settings import get_settings
 
     get_settings.cache_clear()
     yield home
-    if old is None:
-        os.environ.pop("DML_HOME", None)
-    else:
-        os.environ["DML_HOME"] = old
+    os.environ.pop("DML_HOME", None)
+    os.environ.update(saved)
     get_settings.cache_clear()
 
 

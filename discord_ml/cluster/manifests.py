@@ -33,6 +33,7 @@ DASHBOARD_PORT = 8265
 # Ray's default object store is 30% of memory; it lives in /dev/shm, which we size to match.
 OBJECT_STORE_FRACTION = Decimal("0.3")
 MIN_OBJECT_STORE = 128 * 2**20
+MAX_OBJECT_STORE = 200 * 2**30  # about Ray's own 200 GB cap on the default object store
 
 
 def cluster_labels(spec: ClusterSpec, pool: GpuPool) -> dict[str, str]:
@@ -56,7 +57,7 @@ def cluster_labels(spec: ClusterSpec, pool: GpuPool) -> dict[str, str]:
 
 def _object_store_bytes(memory: str) -> int:
     amount = int(parse_quantity(memory) * OBJECT_STORE_FRACTION)
-    return max(MIN_OBJECT_STORE, amount - amount % 2**20)
+    return min(MAX_OBJECT_STORE, max(MIN_OBJECT_STORE, amount - amount % 2**20))
 
 
 def _container_resources(cpu: str, memory: str, gpu_key: str | None, gpus: int) -> dict[str, dict[str, str]]:

@@ -154,11 +154,11 @@ def _check_container(
     non_root = ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot"))
     if non_root is not True:
         yield Violation(f"{sc}.runAsNonRoot", "must be true (here or in the pod securityContext)")
-    uid = ctx.get("runAsUser", pod_ctx.get("runAsUser"))
-    if uid is None:
-        yield Violation(f"{sc}.runAsUser", "must be set to a non-zero uid (here or in the pod securityContext)")
-    elif uid == 0:
+    if ctx.get("runAsUser") == 0:
         yield Violation(f"{sc}.runAsUser", "must not be 0 (root)")
+    elif ctx.get("runAsUser", pod_ctx.get("runAsUser")) is None:
+        yield Violation(f"{sc}.runAsUser", "must be set to a non-zero uid (here or in the pod securityContext)")
+    # a pod-level uid 0 is reported once, at the pod
     seccomp = (ctx.get("seccompProfile") or pod_ctx.get("seccompProfile") or {}).get("type")
     if seccomp not in ("RuntimeDefault", "Localhost"):
         yield Violation(f"{sc}.seccompProfile.type", "must be RuntimeDefault or Localhost (here or in the pod)")

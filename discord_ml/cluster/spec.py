@@ -62,7 +62,8 @@ class ClusterSpec(BaseModel):
     )
     namespace: str | None = Field(default=None, description="Kubernetes namespace; default from DML_NAMESPACE.")
     owner: str = Field(
-        default_factory=getpass.getuser, description="Who owns the cluster (label value); defaults to the current user."
+        default_factory=lambda: sanitize_label_value(getpass.getuser()),
+        description="Who owns the cluster (label value); defaults to the current user.",
     )
     team: str = Field(default="ml", description="Owning team (label value), for quotas and cost reports.")
     purpose: Purpose = Field(default=Purpose.ADHOC, description="train, eval, inference, notebook or adhoc.")
