@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -96,10 +97,58 @@ def processes_using(marker: str) -> list[int]:
     return pids
 
 
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, process group) of `pid` from /proc, or None when it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces
+    return fields[0], int(fields[2])
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie counts as gone: whoever reaps it, it does nothing)."""
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live process remains in process group `pgid`."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[1] == pgid and stat[0] != "Z":
+                return True
+    return False
+
+
+_TRAMPOLINE = (
+    "import subprocess, sys\n"
+    "log = open(sys.argv[1], 'ab')\n"
+    "p = subprocess.Popen(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,"
+    " start_new_session=True)\n"
+    "print(p.pid)\n"
+)
+
+
+def spawn_detached(argv: list[str], *, log: Path, env: dict[str, str]) -> int:
+    """Start `argv` in a new session that no process of ours owns; return its pid (== its pgid).
+
+    A short-lived trampoline starts it and exits, so the node outlives whoever created the cluster
+    (`dml cluster create` returns; a Dagster step creates, another process deletes) and never
+    lingers as our zombie.
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", _TRAMPOLINE, str(log), *argv], env=env, capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.strip())
+
+
 @dataclass
 class _Node:
     role: str
-    process: subprocess.Popen[bytes]
+    pid: int  # also its process group id
     log: Path
 
 
@@ -151,8 +200,13 @@ class LocalRayCluster:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, *, timeout: float = 120.0) -> LocalRayCluster:
+    def start(
+        self, *, timeout: float = 120.0, on_launch: Callable[[LocalRayCluster], None] | None = None
+    ) -> LocalRayCluster:
         """Start the head and the workers and wait until every node is alive.
+
+        `on_launch` is called after the ports are chosen and after each node is launched, so a
+        registry can record what exists before the cluster is ready.
 
         Raises:
             LocalClusterError: with the failing node's log tail; everything started is stopped.
@@ -163,12 +217,12 @@ class LocalRayCluster:
         deadline = time.monotonic() + timeout
         try:
             self.gcs_port, self.dashboard_port, self._client_port = free_ports(3)
-            self._launch("head", self._head_args())
+            self._launch("head", self._head_args(), on_launch)
             self._wait(self._dashboard_ok, deadline, "the head's dashboard to answer")
             # One node at a time: raylets starting together on a small machine race for ports
             # and miss Ray's fixed 30 s registration window.
             for i in range(self.spec.workers):
-                self._launch(f"worker-{i}", self._worker_args())
+                self._launch(f"worker-{i}", self._worker_args(), on_launch)
                 expected = 2 + i
                 self._wait(lambda n=expected: self.alive_nodes() >= n, deadline, f"{expected} alive Ray nodes")
         except BaseException:
@@ -183,19 +237,21 @@ class LocalRayCluster:
         shutdown takes ~30 s per node and buys nothing for a throwaway cluster whose jobs were
         already stopped through the Jobs API.
         """
-        for node in self.nodes:
-            _signal_group(node.process, signal.SIGTERM)
+        marker = str(self.temp_dir)
+        # Only signal groups whose leader is still this cluster's node (pids can be reused).
+        groups = [n.pid for n in self.nodes if _is_ours(n.pid, self._markers())]
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGTERM)
         end = time.monotonic() + grace
-        for node in self.nodes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                node.process.wait(timeout=max(0.05, end - time.monotonic()))
-            _signal_group(node.process, signal.SIGKILL)
-            node.process.wait()
+        while time.monotonic() < end and any(group_alive(g) for g in groups):
+            time.sleep(0.1)
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGKILL)
         # Stragglers that left the process groups are found by the cluster's unique temp dir.
-        for pid in processes_using(str(self.temp_dir)):
+        for pid in processes_using(marker):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        _wait_gone([node.process.pid for node in self.nodes], str(self.temp_dir))
+        _wait_gone(groups, marker)
         self.nodes.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -266,26 +322,43 @@ class LocalRayCluster:
             args.append(f"--resources={json.dumps({pool.ray_resource: spec.gpus_per_worker})}")
         return args
 
-    def _launch(self, role: str, args: list[str]) -> None:
+    def _launch(self, role: str, args: list[str], on_launch: Callable[[LocalRayCluster], None] | None) -> None:
         log = self.dir / f"{role}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [ray_executable(), "start", *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self._env(),
-                start_new_session=True,  # its own process group: stop() signals only this node
-            )
-        self.nodes.append(_Node(role, process, log))
+        # Its own process group: stop() signals only this node.
+        pid = spawn_detached([ray_executable(), "start", *args], log=log, env=self._env())
+        self.nodes.append(_Node(role, pid, log))
+        if on_launch is not None:
+            on_launch(self)
+
+    def node_records(self) -> list[dict[str, Any]]:
+        """The nodes as plain data, for a registry."""
+        return [{"role": n.role, "pid": n.pid, "log": str(n.log)} for n in self.nodes]
+
+    @classmethod
+    def attach(cls, spec: ClusterSpec, *, directory: Path, gcs_port: int, dashboard_port: int,
+               nodes: list[dict[str, Any]]) -> LocalRayCluster:  # fmt: skip
+        """A handle on a cluster started elsewhere (another process), e.g. to stop it."""
+        cluster = cls(spec)
+        cluster.dir, cluster.temp_dir, cluster.token_file = directory, directory / "ray", directory / "auth_token"
+        cluster.gcs_port, cluster.dashboard_port = gcs_port, dashboard_port
+        cluster.nodes = [_Node(n["role"], int(n["pid"]), Path(n["log"])) for n in nodes]
+        return cluster
+
+    def live_nodes(self) -> dict[str, bool]:
+        """Role -> whether that node's `ray start` process is still running."""
+        return {n.role: pid_alive(n.pid) and _is_ours(n.pid, self._markers()) for n in self.nodes}
+
+    def _markers(self) -> tuple[str, ...]:
+        # The head's command line names the temp dir, a worker's the head's unique GCS address.
+        return (str(self.temp_dir), f"--address={self.address}")
 
     def _wait(self, ready: Any, deadline: float, what: str) -> None:
         while time.monotonic() < deadline:
             for node in self.nodes:
-                if node.process.poll() is not None:
+                if not pid_alive(node.pid):
                     raise LocalClusterError(
-                        f"local cluster {self.spec.cluster_name!r}: {node.role} exited with code "
-                        f"{node.process.returncode} while waiting for {what}:\n{_tail(node.log)}"
+                        f"local cluster {self.spec.cluster_name!r}: {node.role} exited "
+                        f"while waiting for {what}:\n{_tail(node.log)}"
                     )
             if ready():
                 return
@@ -315,23 +388,24 @@ class LocalRayCluster:
         return sum(1 for n in nodes if n.get("state") == "ALIVE")
 
 
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, sig)
+        os.killpg(pgid, sig)
+
+
+def _is_ours(pid: int, markers: tuple[str, ...]) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return any(marker in cmdline for marker in markers)
 
 
 def _wait_gone(groups: list[int], marker: str, timeout: float = 10.0) -> None:
     """Block until the process groups and every process using `marker` have exited."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        alive = processes_using(marker)
-        for pgid in groups:
-            try:
-                os.killpg(pgid, 0)
-                alive.append(pgid)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if not alive:
+        if not processes_using(marker) and not any(group_alive(g) for g in groups):
             return
         time.sleep(0.1)
 

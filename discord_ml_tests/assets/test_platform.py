@@ -7,14 +7,10 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from discord_ml.cluster.local import processes_using
+from discord_ml.cluster.local import LocalRayCluster, processes_using
 from discord_ml.definitions import defs
 
 pytestmark = pytest.mark.slow
-
-
-def _ray_start_processes() -> int:
-    return len(processes_using("ray start"))
 
 
 def test_platform_check_materializes_through_a_real_cluster(dagster_instance: dg.DagsterInstance) -> None:
@@ -40,8 +36,11 @@ def test_platform_check_materializes_through_a_real_cluster(dagster_instance: dg
     assert processes_using(str(meta["cluster"])) == []
 
 
-def test_bad_config_fails_before_any_cluster_starts(dagster_instance: dg.DagsterInstance) -> None:
-    before = _ray_start_processes()
+def test_bad_config_fails_before_any_cluster_starts(
+    dagster_instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[str] = []
+    monkeypatch.setattr(LocalRayCluster, "start", lambda self, **_: started.append(self.spec.cluster_name))
     job = defs.resolve_job_def("platform_check")
     config = {"ops": {"ray_cluster_check": {"config": {"gpu_pool": "h200"}}}}
     result = job.execute_in_process(instance=dagster_instance, run_config=config, raise_on_error=False)
@@ -50,4 +49,4 @@ def test_bad_config_fails_before_any_cluster_starts(dagster_instance: dg.Dagster
     error = failure.step_failure_data.error
     assert error is not None
     assert "gpu_pool 'h200' is not defined; known pools: cpu, t4, l4, a100, h100" in error.to_string()
-    assert _ray_start_processes() == before
+    assert started == [], "validation must fail before any cluster is started"

@@ -1,0 +1,179 @@
+"""LocalRayProvider: the embedded default backend, a `ClusterProvider` over local Ray processes.
+
+Clusters outlive the process that created them; the SQLite registry lets any process list,
+connect to and delete them, and tells a live cluster from a dead one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+from discord_ml.cluster.local import LocalClusterError, LocalRayCluster
+from discord_ml.cluster.manifests import cluster_labels
+from discord_ml.cluster.provider import (
+    ClusterConnection,
+    ClusterExistsError,
+    ClusterInfo,
+    ClusterNotFoundError,
+    ClusterNotReadyError,
+    ClusterStatus,
+    Progress,
+)
+from discord_ml.cluster.registry import ClusterRecord, LocalRegistry
+from discord_ml.cluster.spec import ClusterSpec
+from discord_ml.settings import get_settings
+
+
+class LocalRayProvider:
+    """Ray clusters made of processes on this machine."""
+
+    backend = "local"
+
+    def __init__(self, home: Path | None = None, *, start_timeout: float = 180.0) -> None:
+        self.home = home or get_settings().home / "local"
+        self.registry = LocalRegistry(self.home / "clusters.db")
+        self.start_timeout = start_timeout
+
+    # --- the interface ------------------------------------------------------------------------
+
+    def create(self, spec: ClusterSpec) -> ClusterInfo:
+        """Start the cluster's processes; returns once every node has registered (~10 s).
+
+        Raises:
+            ClusterExistsError: the name is taken in that namespace.
+            ClusterNotReadyError: a node failed to start (its log tail in the message); nothing is left.
+        """
+        namespace, name = str(spec.namespace), spec.cluster_name
+        cluster = LocalRayCluster(spec)
+        record = ClusterRecord(namespace, name, spec.model_dump(mode="json"), cluster.dir, 0, 0, [],
+                               datetime.now(UTC), "starting")  # fmt: skip
+        if not self.registry.insert(record):
+            raise ClusterExistsError(
+                f"cluster {name!r} already exists in namespace {namespace!r}; "
+                f"pick another name or delete it first (dml cluster delete {name})"
+            )
+
+        def on_launch(c: LocalRayCluster) -> None:
+            self.registry.update(namespace, name, gcs_port=c.gcs_port, dashboard_port=c.dashboard_port,
+                                 nodes=c.node_records())  # fmt: skip
+
+        try:
+            cluster.start(timeout=self.start_timeout, on_launch=on_launch)
+        except LocalClusterError as exc:
+            self.registry.remove(namespace, name)  # start() already stopped whatever it launched
+            raise ClusterNotReadyError(str(exc)) from exc
+        except BaseException:
+            cluster.stop()
+            self.registry.remove(namespace, name)
+            raise
+        self.registry.update(namespace, name, state="running", nodes=cluster.node_records())
+        return self.get(name, namespace=namespace)
+
+    def wait_ready(self, name: str, *, namespace: str | None = None, timeout: float = 600.0,
+                   on_progress: Progress | None = None) -> ClusterInfo:  # fmt: skip
+        """Wait until the head and every worker raylet run.
+
+        Raises:
+            ClusterNotReadyError: the cluster died or did not become ready within `timeout`.
+        """
+        deadline = time.monotonic() + timeout
+        last: ClusterStatus | None = None
+        while True:
+            info = self.get(name, namespace=namespace)
+            if on_progress is not None and info.status != last:
+                on_progress(info)
+            last = info.status
+            if info.status == ClusterStatus.READY and info.workers_ready == info.workers_desired:
+                return info
+            if info.status in (ClusterStatus.DEAD, ClusterStatus.FAILED):
+                raise ClusterNotReadyError(f"cluster {name!r} is {info.status}: {info.reason}")
+            if time.monotonic() >= deadline:
+                raise ClusterNotReadyError(
+                    f"cluster {name!r} not ready after {timeout:.0f}s: {info.reason or info.status}"
+                )
+            time.sleep(0.5)
+
+    def get(self, name: str, *, namespace: str | None = None) -> ClusterInfo:
+        """One cluster; its status checked against its processes.
+
+        Raises:
+            ClusterNotFoundError: no such local cluster.
+        """
+        namespace = namespace or get_settings().default_namespace
+        record = self.registry.get(namespace, name)
+        if record is None:
+            known = ", ".join(r.name for r in self.registry.all(namespace)) or "none"
+            raise ClusterNotFoundError(
+                f"no local cluster {name!r} in namespace {namespace!r} (clusters there: {known}; see dml cluster list)"
+            )
+        return self._info(record)
+
+    def list(self, selector: Mapping[str, str] | None = None, *, namespace: str | None = None) -> list[ClusterInfo]:
+        """Local clusters whose labels include `selector`."""
+        infos = [self._info(r) for r in self.registry.all(namespace)]
+        return [i for i in infos if all(i.labels.get(k) == v for k, v in (selector or {}).items())]
+
+    def delete(self, name: str, *, namespace: str | None = None) -> None:
+        """Stop exactly this cluster's processes and forget it (a missing cluster is fine)."""
+        namespace = namespace or get_settings().default_namespace
+        record = self.registry.get(namespace, name)
+        if record is None:
+            return
+        self._handle(record).stop()
+        self.registry.remove(namespace, name)
+
+    def connect(self, name: str, *, namespace: str | None = None) -> ClusterConnection:
+        """Dashboard URL, auth headers and GCS address of a local cluster."""
+        namespace = namespace or get_settings().default_namespace
+        info = self.get(name, namespace=namespace)
+        record = self.registry.get(namespace, name)
+        if record is None or info.dashboard_url is None or info.status != ClusterStatus.READY:
+            raise ClusterNotReadyError(f"cluster {name!r} is {info.status}: {info.reason}")
+        cluster = self._handle(record)
+        return ClusterConnection(info.dashboard_url, cluster.auth_headers(), cluster.address)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _handle(self, record: ClusterRecord) -> LocalRayCluster:
+        spec = ClusterSpec.model_validate(record.spec)
+        return LocalRayCluster.attach(spec, directory=record.dir, gcs_port=record.gcs_port,
+                                      dashboard_port=record.dashboard_port, nodes=record.nodes)  # fmt: skip
+
+    def _info(self, record: ClusterRecord) -> ClusterInfo:
+        spec = ClusterSpec.model_validate(record.spec)
+        pool = spec.pool()
+        live = self._handle(record).live_nodes()
+        head_alive = live.get("head", False)
+        workers_ready = sum(1 for role, alive in live.items() if role != "head" and alive)
+        if record.state == "starting":
+            status, reason = (ClusterStatus.PENDING, f"starting raylets ({workers_ready}/{spec.workers} workers up)")
+            if live and not head_alive:
+                status, reason = ClusterStatus.DEAD, "the head process exited during start-up"
+        elif not head_alive:
+            status, reason = ClusterStatus.DEAD, "the head process is gone (machine restart or killed)"
+        else:
+            status = ClusterStatus.READY
+            missing = spec.workers - workers_ready
+            reason = f"{missing} worker raylet(s) exited" if missing else ""
+        return ClusterInfo(
+            name=record.name,
+            namespace=record.namespace,
+            backend=self.backend,
+            owner=spec.owner,
+            team=spec.team,
+            purpose=spec.purpose.value,
+            gpu_pool=pool.name,
+            gpu_type=pool.accelerator or "none",
+            gpus_per_worker=spec.gpus_per_worker or 0,
+            workers_ready=workers_ready,
+            workers_desired=spec.workers,
+            status=status,
+            reason=reason,
+            created=record.created,
+            dashboard_url=f"http://127.0.0.1:{record.dashboard_port}" if record.dashboard_port else None,
+            labels=cluster_labels(spec, pool),
+            ttl_seconds=spec.ttl_seconds,
+        )

@@ -1,0 +1,129 @@
+"""The one cluster interface: the CLI, the Dagster resource and X-Ray use nothing else.
+
+Backends (`local`, `kuberay`) implement `ClusterProvider`; callers get `ClusterInfo` snapshots
+and a `ClusterConnection` (dashboard URL + auth headers) for the Ray Jobs API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from discord_ml.cluster.spec import ClusterSpec
+
+
+class ClusterStatus(StrEnum):
+    """Where a cluster is in its life."""
+
+    PENDING = "pending"  # created, not ready yet (pods pending, raylets starting)
+    READY = "ready"  # head and all desired workers up; jobs can be submitted
+    FAILED = "failed"  # it will not become ready without intervention
+    DEAD = "dead"  # registered but its processes/pods are gone
+    DELETING = "deleting"
+
+
+class ClusterError(RuntimeError):
+    """Base class of cluster backend errors."""
+
+
+class ClusterNotFoundError(ClusterError, LookupError):
+    """No cluster of that name (in that namespace)."""
+
+
+class ClusterExistsError(ClusterError):
+    """A cluster of that name already exists."""
+
+
+class ClusterNotReadyError(ClusterError, TimeoutError):
+    """A cluster did not become ready in time; the message says why (the pending reason)."""
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """A snapshot of one cluster, whatever the backend."""
+
+    name: str
+    namespace: str
+    backend: str
+    owner: str
+    team: str
+    purpose: str
+    gpu_pool: str
+    gpu_type: str
+    gpus_per_worker: int
+    workers_ready: int
+    workers_desired: int
+    status: ClusterStatus
+    reason: str
+    created: datetime
+    dashboard_url: str | None
+    labels: Mapping[str, str] = field(default_factory=dict[str, str])
+    ttl_seconds: int | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        """The Dagster run that owns this cluster, if any."""
+        return self.labels.get("dagster.io/run-id")
+
+    def expired(self, now: datetime) -> bool:
+        """Whether the cluster has outlived its TTL."""
+        return self.ttl_seconds is not None and (now - self.created).total_seconds() > self.ttl_seconds
+
+
+@dataclass(frozen=True)
+class ClusterConnection:
+    """How to reach a ready cluster's dashboard / Jobs API."""
+
+    dashboard_url: str
+    headers: Mapping[str, str]
+    address: str | None = None  # GCS address, where the backend exposes one (local)
+
+
+Progress = Callable[[ClusterInfo], None]
+
+
+@runtime_checkable
+class ClusterProvider(Protocol):
+    """Create, wait for, inspect, list and delete Ray clusters on one backend."""
+
+    backend: str
+
+    def create(self, spec: ClusterSpec) -> ClusterInfo:
+        """Start creating the cluster described by `spec` (returns before it is ready).
+
+        Raises:
+            ClusterExistsError: a cluster of that name exists.
+        """
+        ...
+
+    def wait_ready(self, name: str, *, namespace: str | None = None, timeout: float = 600.0,
+                   on_progress: Progress | None = None) -> ClusterInfo:  # fmt: skip
+        """Block until the cluster is READY; report each status change to `on_progress`.
+
+        Raises:
+            ClusterNotReadyError: on timeout or failure, with the pending/failure reason.
+        """
+        ...
+
+    def get(self, name: str, *, namespace: str | None = None) -> ClusterInfo:
+        """One cluster.
+
+        Raises:
+            ClusterNotFoundError: no such cluster.
+        """
+        ...
+
+    def list(self, selector: Mapping[str, str] | None = None, *, namespace: str | None = None) -> list[ClusterInfo]:
+        """Clusters whose labels include `selector` (all namespaces when `namespace` is None)."""
+        ...
+
+    def delete(self, name: str, *, namespace: str | None = None) -> None:
+        """Delete the cluster and everything it started; a missing cluster is not an error."""
+        ...
+
+    def connect(self, name: str, *, namespace: str | None = None) -> ClusterConnection:
+        """Dashboard URL and auth headers for the Ray Jobs API of a ready cluster."""
+        ...
