@@ -44,6 +44,7 @@ def submit_and_follow(
     headers: Mapping[str, str] | None = None,
     runtime_env: Mapping[str, Any] | None = None,
     on_line: Callable[[str], None] = print,
+    on_submitted: Callable[[str], None] | None = None,
     tail_lines: int = 30,
     raise_on_failure: bool = True,
 ) -> JobOutcome:
@@ -55,6 +56,7 @@ def submit_and_follow(
         headers: auth headers (the cluster's bearer token).
         runtime_env: Ray runtime env (env_vars, working_dir, py_modules...).
         on_line: called once per stdout/stderr line, in order.
+        on_submitted: called with the job id right after submission.
         tail_lines: how many trailing lines to keep for the outcome / error.
         raise_on_failure: raise RayJobFailedError when the job does not succeed.
 
@@ -71,6 +73,8 @@ def submit_and_follow(
     client = JobSubmissionClient(dashboard_url, headers=dict(headers or {}))
     started = time.monotonic()
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=dict(runtime_env) if runtime_env else None)
+    if on_submitted is not None:
+        on_submitted(job_id)
     tail: deque[str] = deque(maxlen=tail_lines)
     count = 0
 
@@ -89,7 +93,13 @@ def submit_and_follow(
             tail.append(pending)
             on_line(pending)
 
-    asyncio.run(follow())
+    try:
+        asyncio.run(follow())
+    except BaseException:
+        # Interrupted (the Dagster run was terminated, Ctrl-C) or the stream broke: never leave
+        # the job running on the cluster.
+        _stop_quietly(client, job_id)
+        raise
     info = _wait_terminal(client, job_id)
     outcome = JobOutcome(
         job_id=job_id,
@@ -102,6 +112,13 @@ def submit_and_follow(
     if raise_on_failure and outcome.status != "SUCCEEDED":
         raise RayJobFailedError(job_id, outcome.status, outcome.message, outcome.tail)
     return outcome
+
+
+def _stop_quietly(client: Any, job_id: str) -> None:
+    try:
+        client.stop_job(job_id)
+    except Exception:  # the cluster may already be gone; the caller's error matters more
+        logging.getLogger(__name__).warning("could not stop Ray job %s", job_id, exc_info=True)
 
 
 def _wait_terminal(client: Any, job_id: str, timeout: float = 30.0) -> Any:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from discord_ml.cluster.local import LocalRayCluster
@@ -36,3 +41,43 @@ def test_failed_job_raises_with_its_last_lines(local_cluster: LocalRayCluster) -
     assert failure.value.status == "FAILED"
     assert "exit code 3" in str(failure.value)
     assert "about to fail" in failure.value.tail
+
+
+FOLLOW_AND_WAIT = """
+import sys
+from discord_ml.jobs import submit_and_follow
+submit_and_follow(sys.argv[1], entrypoint="python -c \\"import time; print('started', flush=True); time.sleep(300)\\"",
+                  headers={"Authorization": sys.argv[2]}, on_line=lambda line: print(line, flush=True),
+                  on_submitted=lambda job_id: print("JOB", job_id, flush=True))
+"""
+
+
+def test_interrupting_the_follower_stops_the_ray_job(local_cluster: LocalRayCluster) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            FOLLOW_AND_WAIT,
+            local_cluster.dashboard_url,
+            local_cluster.auth_headers()["Authorization"],
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert follower.stdout is not None
+    job_id = None
+    for line in follower.stdout:
+        if line.startswith("JOB "):
+            job_id = line.split()[1]
+        if line.strip() == "started":
+            break
+    assert job_id is not None
+    follower.send_signal(signal.SIGINT)  # Ctrl-C, or a terminated Dagster run
+    follower.wait(timeout=60)
+    client = JobSubmissionClient(local_cluster.dashboard_url, headers=local_cluster.auth_headers())
+    deadline = time.monotonic() + 30
+    while str(client.get_job_status(job_id)) not in ("STOPPED", "FAILED") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert str(client.get_job_status(job_id)) == "STOPPED"

@@ -42,6 +42,16 @@ class LocalClusterError(RuntimeError):
     """A local Ray cluster failed to start or stop; the message carries the log tail."""
 
 
+def cluster_dir_prefix(name: str, root: Path | None = None) -> Path:
+    """Where a cluster's directory starts: `<tmp>/dml-<uid>/<first 8 chars of name>-`.
+
+    Ray puts Unix sockets at `<temp dir>/session_<date>_<pid>/sockets/dash_MetricsHead`, and
+    AF_UNIX paths are limited to 107 bytes: the full cluster name does not fit.
+    """
+    base = root or Path(tempfile.gettempdir()) / f"dml-{os.getuid()}"
+    return base / f"{name[:8]}-"
+
+
 def _ephemeral_floor() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
@@ -161,10 +171,9 @@ class LocalRayCluster:
     nodes: list[_Node] = field(default_factory=list[_Node])
 
     def __post_init__(self) -> None:
-        # Unix socket paths are limited to ~107 bytes, so the Ray temp dir lives under a short root.
-        base = self.root or Path(tempfile.gettempdir()) / f"dml-{os.getuid()}"
-        self.dir = base / f"{self.spec.cluster_name}-{secrets.token_hex(3)}"
-        self.temp_dir = self.dir / "ray"
+        prefix = cluster_dir_prefix(self.spec.cluster_name, self.root)
+        self.dir = prefix.with_name(prefix.name + secrets.token_hex(3))
+        self.temp_dir = self.dir / "r"
         self.token_file = self.dir / "auth_token"
         self.gcs_port = self.dashboard_port = self._client_port = 0
 
@@ -211,10 +220,12 @@ class LocalRayCluster:
         Raises:
             LocalClusterError: with the failing node's log tail; everything started is stopped.
         """
+        return self._start_once(time.monotonic() + timeout, on_launch)
+
+    def _start_once(self, deadline: float, on_launch: Callable[[LocalRayCluster], None] | None) -> LocalRayCluster:
         self.dir.mkdir(parents=True, exist_ok=False)
         self.token_file.write_text(secrets.token_urlsafe(32))
         self.token_file.chmod(0o600)
-        deadline = time.monotonic() + timeout
         try:
             self.gcs_port, self.dashboard_port, self._client_port = free_ports(3)
             self._launch("head", self._head_args(), on_launch)
@@ -339,7 +350,7 @@ class LocalRayCluster:
                nodes: list[dict[str, Any]]) -> LocalRayCluster:  # fmt: skip
         """A handle on a cluster started elsewhere (another process), e.g. to stop it."""
         cluster = cls(spec)
-        cluster.dir, cluster.temp_dir, cluster.token_file = directory, directory / "ray", directory / "auth_token"
+        cluster.dir, cluster.temp_dir, cluster.token_file = directory, directory / "r", directory / "auth_token"
         cluster.gcs_port, cluster.dashboard_port = gcs_port, dashboard_port
         cluster.nodes = [_Node(n["role"], int(n["pid"]), Path(n["log"])) for n in nodes]
         return cluster
@@ -358,13 +369,21 @@ class LocalRayCluster:
                 if not pid_alive(node.pid):
                     raise LocalClusterError(
                         f"local cluster {self.spec.cluster_name!r}: {node.role} exited "
-                        f"while waiting for {what}:\n{_tail(node.log)}"
+                        f"while waiting for {what}:\n{_tail(node.log)}\n{self._ray_errors()}"
                     )
             if ready():
                 return
             time.sleep(0.5)
         logs = "\n".join(f"--- {n.role}\n{_tail(n.log)}" for n in self.nodes)
-        raise LocalClusterError(f"local cluster {self.spec.cluster_name!r}: timed out waiting for {what}\n{logs}")
+        raise LocalClusterError(
+            f"local cluster {self.spec.cluster_name!r}: timed out waiting for {what}\n{logs}\n{self._ray_errors()}"
+        )
+
+    def _ray_errors(self) -> str:
+        """Tails of the non-empty `*.err` logs of the Ray session (where module crashes land)."""
+        logs = self.temp_dir / "session_latest" / "logs"
+        errs = [p for p in sorted(logs.glob("*.err")) if p.stat().st_size] if logs.is_dir() else []
+        return "\n".join(f"--- {p.name}\n{_tail(p, 10)}" for p in errs[:4])
 
     def _get(self, path: str) -> Any:
         request = urllib.request.Request(self.dashboard_url + path, headers=self.auth_headers())

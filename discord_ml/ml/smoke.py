@@ -1,17 +1,15 @@
-"""A Ray job that proves the cluster works: fans tasks out over every worker node and
-estimates pi by Monte Carlo. Prints progress lines and one `DML_RESULT {json}` line."""
+"""A Ray job that proves the cluster works: fans tasks out over every worker node and estimates
+pi by Monte Carlo. Prints progress lines; reports its measurements through Dagster Pipes."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import socket
 import time
 
 import ray
-
-from discord_ml.ml.smoke_protocol import RESULT_PREFIX
+from dagster_pipes import open_dagster_pipes
 
 
 @ray.remote(num_cpus=1)
@@ -28,27 +26,34 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=200_000, help="samples per task")
     args = parser.parse_args()
 
+    with open_dagster_pipes() as pipes:
+        result = run(args.tasks, args.draws)
+        pipes.log.info(f"pi ~ {result['pi_estimate']:.4f} from {result['tasks']} tasks")
+        pipes.report_asset_materialization(metadata=result)
+
+
+def run(tasks: int, draws: int) -> dict[str, float | int | str]:
+    """Fan `tasks` sampling tasks out over the cluster and summarize what happened."""
     started = time.monotonic()
     ray.init()
     nodes = [n for n in ray.nodes() if n["Alive"]]
     print(f"connected to Ray {ray.__version__} on {socket.gethostname()}: {len(nodes)} alive nodes", flush=True)
-    refs = [sample.remote(seed, args.draws) for seed in range(args.tasks)]
+    refs = [sample.remote(seed, draws) for seed in range(tasks)]
     inside, node_ids = 0, set()
     for i, (hits, node_id) in enumerate(ray.get(refs)):
         inside += hits
         node_ids.add(node_id)
-        print(f"task {i + 1}/{args.tasks} done on node {node_id[:8]}", flush=True)
-    estimate = 4.0 * inside / (args.tasks * args.draws)
-    result = {
+        print(f"task {i + 1}/{tasks} done on node {node_id[:8]}", flush=True)
+    estimate = 4.0 * inside / (tasks * draws)
+    return {
         "ray_version": ray.__version__,
         "alive_nodes": len(nodes),
         "cluster_cpus": ray.cluster_resources().get("CPU", 0.0),
-        "tasks": args.tasks,
+        "tasks": tasks,
         "worker_nodes_used": len(node_ids),
         "pi_estimate": estimate,
         "seconds": round(time.monotonic() - started, 3),
     }
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

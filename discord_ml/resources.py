@@ -1,0 +1,204 @@
+"""`RayClusterResource`: one Ray cluster per Dagster run, jobs submitted through the Ray Jobs API,
+every log line streamed into the run, Pipes results returned, the cluster always cleaned up.
+
+Jobs using it run with the in-process executor, so that every step of a run shares the cluster
+created when the run starts and deleted when it ends (success, failure or termination).
+"""
+
+import getpass
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from discord_ml.cluster.backends import get_provider
+from discord_ml.cluster.names import sanitize_label_value
+from discord_ml.cluster.provider import ClusterConnection, ClusterProvider
+from discord_ml.cluster.spec import ClusterSpec, Purpose
+from discord_ml.jobs import RayJobFailedError, submit_and_follow
+from discord_ml.pipes import PipesRayJobLogReader
+
+
+class CleanupPolicy(StrEnum):
+    """When the run's cluster is deleted."""
+
+    ALWAYS = "always"  # whatever happened (the default)
+    ON_FAILURE_KEEP = "on_failure_keep"  # keep it for debugging when a step failed
+    NEVER = "never"  # leave it to the sweeper / `dml cluster delete`
+
+
+def cluster_name_for_run(job_name: str, run_id: str) -> str:
+    """`<job>-<run id prefix>` as a valid cluster name (`platform-check-5b0d7c62`)."""
+    stem = "".join(ch if ch.isalnum() else "-" for ch in job_name.lower()).strip("-")[:30].strip("-") or "run"
+    if not stem[0].isalpha():
+        stem = f"j{stem}"
+    return f"{stem}-{run_id[:8]}"
+
+
+class RayClusterResource(dg.ConfigurableResource):
+    """A Ray cluster provisioned for the run, shared by its steps, deleted when the run ends."""
+
+    backend: Literal["local", "kuberay"] = Field(default="local", description="Cluster backend.")
+    gpu_pool: str = Field(default="cpu", description="GPU pool of the workers, or `pool:gpus` (see `dml pools`).")
+    workers: int = Field(default=2, ge=0, le=64, description="Worker replicas.")
+    worker_cpu: str | None = Field(default=None, description="CPU per worker; default from the pool.")
+    worker_memory: str | None = Field(default=None, description="Memory per worker; default from the pool.")
+    head_memory: str = Field(default="2Gi", description="Memory of the head node.")
+    namespace: str | None = Field(default=None, description="Kubernetes namespace (kuberay); default from settings.")
+    team: str = Field(default="ml", description="Owning team, a label on the cluster.")
+    ttl: str = Field(default="4h", description="Lifetime after which the sweeper deletes the cluster.")
+    cleanup: CleanupPolicy = Field(default=CleanupPolicy.ALWAYS, description="always, on_failure_keep or never.")
+    ready_timeout_s: float = Field(default=600.0, gt=0, description="How long to wait for the cluster to be ready.")
+
+    _provider: ClusterProvider | None = PrivateAttr(default=None)
+    _spec: ClusterSpec | None = PrivateAttr(default=None)
+    _connection: ClusterConnection | None = PrivateAttr(default=None)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def cluster_spec(self, *, run_id: str, job_name: str, owner: str | None = None) -> ClusterSpec:
+        """The spec of the run's cluster; validation errors surface before anything is created."""
+        fields: dict[str, Any] = {
+            "name": cluster_name_for_run(job_name, run_id),
+            "owner": sanitize_label_value(owner or getpass.getuser()),
+            "team": self.team,
+            "purpose": Purpose.TRAIN,
+            "gpu_pool": self.gpu_pool,
+            "workers": self.workers,
+            "head_memory": self.head_memory,
+            "ttl": self.ttl,
+            "dagster_run_id": run_id,
+            "dagster_job": sanitize_label_value(job_name),
+        }
+        optional = {"worker_cpu": self.worker_cpu, "worker_memory": self.worker_memory, "namespace": self.namespace}
+        fields.update({k: v for k, v in optional.items() if v is not None})
+        return ClusterSpec.build(**fields)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.run
+        if run is None:  # a sensor or schedule reading the config: no cluster to provision
+            return
+        spec = self.cluster_spec(run_id=run.run_id, job_name=run.job_name, owner=run.tags.get("dagster/user"))
+        provider = get_provider(self.backend)
+        log = context.log
+        assert log is not None
+        log.info(f"creating Ray cluster {spec.cluster_name} ({self.backend}, {spec.gpu_pool} x {spec.workers} workers)")
+        self._provider, self._spec = provider, spec
+        try:
+            provider.create(spec)
+            info = provider.wait_ready(
+                spec.cluster_name,
+                namespace=spec.namespace,
+                timeout=self.ready_timeout_s,
+                on_progress=lambda i: log.info(f"cluster {i.name}: {i.status} {i.reason}".rstrip()),
+            )
+            self._connection = provider.connect(spec.cluster_name, namespace=spec.namespace)
+        except BaseException:
+            # A cluster that never became ready is removed whatever the cleanup policy says.
+            provider.delete(spec.cluster_name, namespace=spec.namespace)
+            self._spec = None
+            raise
+        log.info(f"Ray cluster {info.name} ready: dashboard {info.dashboard_url}")
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._provider is None or self._spec is None:
+            return
+        name, namespace = self._spec.cluster_name, self._spec.namespace
+        failed = _run_has_failures(context)
+        keep = self.cleanup == CleanupPolicy.NEVER or (self.cleanup == CleanupPolicy.ON_FAILURE_KEEP and failed)
+        if keep:
+            if context.log is not None:
+                context.log.warning(f"keeping Ray cluster {name} (cleanup={self.cleanup}); delete it with: "
+                                    f"dml cluster delete {name}")  # fmt: skip
+            return
+        self._provider.delete(name, namespace=namespace)
+        if context.log is not None:
+            context.log.info(f"deleted Ray cluster {name}")
+
+    # --- running jobs -------------------------------------------------------------------------
+
+    @property
+    def connection(self) -> ClusterConnection:
+        """Dashboard URL and auth headers of the run's cluster."""
+        if self._connection is None:
+            raise dg.DagsterInvariantViolationError("the Ray cluster is not set up; use the resource inside a run")
+        return self._connection
+
+    @property
+    def cluster_name(self) -> str:
+        """Name of the run's cluster."""
+        assert self._spec is not None, "the Ray cluster is not set up"
+        return self._spec.cluster_name
+
+    def run_job(
+        self,
+        context: dg.AssetExecutionContext | dg.OpExecutionContext,
+        entrypoint: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        runtime_env: Mapping[str, Any] | None = None,
+        extras: Mapping[str, Any] | None = None,
+    ) -> list[Any]:
+        """Run `entrypoint` as a Ray job with Dagster Pipes; stream its lines into the run's log.
+
+        Returns:
+            The Pipes results (MaterializeResult / AssetCheckResult), with the Ray job id and
+            dashboard URL added to each materialization's metadata.
+
+        Raises:
+            dg.Failure: the Ray job failed; the description carries its last log lines.
+        """
+        connection = self.connection
+        reader = PipesRayJobLogReader()
+        with dg.open_pipes_session(
+            context=context,
+            context_injector=dg.PipesEnvContextInjector(),
+            message_reader=reader,
+            extras=dict(extras or {}),
+        ) as session:
+            base = dict(runtime_env or {})
+            env_vars = {**base.get("env_vars", {}), **(env or {}), **session.get_bootstrap_env_vars()}
+
+            def on_line(line: str) -> None:
+                if not reader.feed(line):
+                    context.log.info(line)
+
+            try:
+                outcome = submit_and_follow(
+                    connection.dashboard_url,
+                    entrypoint=entrypoint,
+                    headers=connection.headers,
+                    runtime_env={**base, "env_vars": env_vars},
+                    on_line=on_line,
+                    on_submitted=lambda job_id: context.log.info(
+                        f"submitted Ray job {job_id}: {connection.dashboard_url}/#/jobs/{job_id}"
+                    ),
+                )
+            except RayJobFailedError as exc:
+                raise dg.Failure(
+                    description=str(exc),
+                    metadata={
+                        "ray_job_id": exc.job_id,
+                        "ray_dashboard": dg.MetadataValue.url(connection.dashboard_url),
+                    },
+                ) from None
+        extra = {
+            "ray_job_id": outcome.job_id,
+            "ray_dashboard": dg.MetadataValue.url(f"{connection.dashboard_url}/#/jobs/{outcome.job_id}"),
+            "ray_cluster": self.cluster_name,
+            "ray_job_seconds": dg.MetadataValue.float(round(outcome.duration_s, 2)),
+        }
+        return [
+            r._replace(metadata={**(r.metadata or {}), **extra}) if isinstance(r, dg.MaterializeResult) else r
+            for r in session.get_results()
+        ]
+
+
+def _run_has_failures(context: dg.InitResourceContext) -> bool:
+    run = context.run
+    if run is None or context.instance is None:
+        return False
+    records = context.instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    return bool(records.records)

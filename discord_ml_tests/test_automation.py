@@ -1,0 +1,76 @@
+"""The sweeper: orphans of ended runs and expired clusters are deleted, live runs' clusters kept."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from discord_ml.automation import plan_sweep, ray_cluster_sweeper
+from discord_ml.cluster.local import cluster_dir_prefix, processes_using
+from discord_ml.cluster.local_provider import LocalRayProvider
+from discord_ml.cluster.provider import ClusterInfo, ClusterStatus
+from discord_ml.cluster.spec import ClusterSpec
+from discord_ml.resources import RayClusterResource
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+def _info(
+    name: str, *, run_id: str | None = None, age: timedelta = timedelta(minutes=5), managed: bool = True
+) -> ClusterInfo:
+    labels = {"app.kubernetes.io/managed-by": "discord-ml" if managed else "someone-else"}
+    if run_id:
+        labels["dagster.io/run-id"] = run_id
+    return ClusterInfo(name=name, namespace="ml", backend="local", owner="o", team="t", purpose="train", gpu_pool="cpu",
+                       gpu_type="none", gpus_per_worker=0, workers_ready=1, workers_desired=1,
+                       status=ClusterStatus.READY, reason="", created=NOW - age, dashboard_url=None, labels=labels,
+                       ttl_seconds=3600)  # fmt: skip
+
+
+def test_plan_sweep_reasons() -> None:
+    statuses = {"done": dg.DagsterRunStatus.FAILURE, "live": dg.DagsterRunStatus.STARTED}
+    clusters = [
+        _info("orphan", run_id="done"),
+        _info("alive", run_id="live"),
+        _info("vanished", run_id="gone"),
+        _info("expired", age=timedelta(hours=2)),
+        _info("adhoc"),
+        _info("foreign", run_id="done", managed=False),
+    ]
+    actions = {a.cluster.name: a.reason for a in plan_sweep(clusters, statuses.get, NOW)}
+    assert actions == {
+        "orphan": "its Dagster run done is FAILURE",
+        "vanished": "its Dagster run gone does not exist",
+        "expired": "past its TTL: 7200s old, TTL 3600s",
+    }
+
+
+@pytest.mark.slow
+def test_sensor_deletes_the_orphan_and_keeps_the_live_runs_cluster(dagster_instance: dg.DagsterInstance) -> None:
+    provider = LocalRayProvider()
+    finished, running = str(uuid.uuid4()), str(uuid.uuid4())
+    for run_id, status in ((finished, dg.DagsterRunStatus.FAILURE), (running, dg.DagsterRunStatus.STARTED)):
+        dagster_instance.add_run(dg.DagsterRun(job_name="daily_pipeline", run_id=run_id, status=status))
+    for name, run_id in (("sweep-orphan", finished), ("sweep-live", running)):
+        provider.create(
+            ClusterSpec.build(name=name, owner="pytest", workers=0, head_memory="1Gi", dagster_run_id=run_id)
+        )
+    try:
+        resources = {"ray_cluster": RayClusterResource()}
+        with dg.build_sensor_context(instance=dagster_instance, resources=resources) as context:
+            result = ray_cluster_sweeper(context)
+        assert isinstance(result, dg.SkipReason)
+        assert (
+            result.skip_message == f"deleted 1 Ray cluster(s): ml/sweep-orphan (its Dagster run {finished} is FAILURE)"
+        )
+        assert [c.name for c in provider.list()] == ["sweep-live"]
+        assert processes_using(str(cluster_dir_prefix("sweep-orphan"))) == []
+        with dg.build_sensor_context(instance=dagster_instance, resources=resources) as context:
+            again = ray_cluster_sweeper(context)
+        assert isinstance(again, dg.SkipReason) and again.skip_message == "no orphaned or expired Ray clusters"
+    finally:
+        provider.delete("sweep-orphan")
+        provider.delete("sweep-live")
