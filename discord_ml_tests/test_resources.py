@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from discord_ml.cluster.local_provider import LocalRayProvider
 from discord_ml.definitions import defs
 from discord_ml.resources import cluster_name_for_run
 from discord_ml_tests.support.dagster_jobs import MARKER, failing_job
+from discord_ml_tests.support.k8s_emulator import KubeEmulator, serve
+from discord_ml_tests.support.schemas import require_crds
 
 pytestmark = pytest.mark.slow
 
@@ -144,3 +147,48 @@ def test_terminated_run_stops_its_ray_job_and_deletes_the_cluster(tmp_path: Path
         if worker.poll() is None:
             worker.kill()
         instance.dispose()
+
+
+@pytest.fixture
+def kuberay_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeEmulator]:
+    """The API emulator, with the kuberay backend pointed at it the way a user would (KUBECONFIG)."""
+    require_crds()
+    with serve(tmp_path) as (emulator, kubeconfig):
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        monkeypatch.setenv("DML_KUBERAY_DASHBOARD", "service-ip")
+        yield emulator
+
+
+def test_kuberay_run_end_to_end(dagster_instance: dg.DagsterInstance, kuberay_api: KubeEmulator) -> None:
+    config = {
+        "ops": {"ray_cluster_check": {"config": {"tasks": 4}}},
+        "resources": {"ray_cluster": {"config": {"backend": "kuberay", "workers": 1}}},
+    }
+    result = defs.resolve_job_def("platform_check").execute_in_process(instance=dagster_instance, run_config=config)
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("ray_cluster_check")
+    meta: dict[str, Any] = {k: v.value for k, v in materialization.metadata.items()}
+    assert meta["tasks"] == 4 and str(meta["ray_job_id"]).startswith("raysubmit_")
+    name = cluster_name_for_run("platform_check", result.run_id)
+    assert meta["ray_cluster"] == name
+    # The RayCluster the resource applied carried the run id and passed the CRD schema.
+    created = [r for r in kuberay_api.requests if r[0] == "POST" and r[1].endswith("/rayclusters")]
+    assert created == [("POST", "/apis/ray.io/v1/namespaces/ml/rayclusters")]
+    messages = [r.user_message for r in dagster_instance.all_logs(result.run_id)]
+    assert [m.split(" ")[1] for m in messages if m.startswith("task ")] == [f"{i}/4" for i in range(1, 5)]
+    assert kuberay_api.ray_clusters() == []
+    assert processes_using(str(cluster_dir_prefix(name))) == []
+
+
+def test_kuberay_cluster_that_never_gets_ready_fails_the_run_and_is_deleted(
+    dagster_instance: dg.DagsterInstance, kuberay_api: KubeEmulator
+) -> None:
+    kuberay_api.default_mode = "pending"
+    config = {"resources": {"ray_cluster": {"config": {"backend": "kuberay", "workers": 1, "ready_timeout_s": 3}}}}
+    result = defs.resolve_job_def("platform_check").execute_in_process(
+        instance=dagster_instance, run_config=config, raise_on_error=False
+    )
+    assert not result.success
+    errors = _errors(result)
+    assert "not ready after 3s" in errors and "FailedScheduling: 0/3 nodes are available" in errors
+    assert kuberay_api.ray_clusters() == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from discord_ml.cluster.provider import ClusterError, ClusterProvider
+from discord_ml.cluster.provider import ClusterProvider
 
 BACKENDS = ("local", "kuberay")
 
@@ -19,7 +19,6 @@ def get_provider(backend: str | None = None) -> ClusterProvider:
 
     Raises:
         ValueError: an unknown backend name, listing the known ones.
-        ClusterError: a known backend that this installation cannot serve yet.
     """
     name = backend or default_backend()
     if name == "local":
@@ -27,8 +26,10 @@ def get_provider(backend: str | None = None) -> ClusterProvider:
 
         return LocalRayProvider()
     if name == "kuberay":
-        raise ClusterError(
-            "backend 'kuberay' is not available in this version yet (the KubeRay provider is being built); "
-            "use backend 'local', or render manifests with `dml manifest` and apply them with kubectl"
-        )
+        from discord_ml.cluster.kuberay import KubeRayProvider
+
+        access = os.environ.get("DML_KUBERAY_DASHBOARD", "dns")
+        if access not in ("dns", "service-ip"):
+            raise ValueError(f"DML_KUBERAY_DASHBOARD {access!r} is not known; use 'dns' or 'service-ip'")
+        return KubeRayProvider(dashboard_access=access)  # type: ignore[arg-type]
     raise ValueError(f"backend {name!r} is not known; use one of: {', '.join(BACKENDS)} (DML_BACKEND)")

@@ -169,6 +169,7 @@ class LocalRayCluster:
     spec: ClusterSpec
     root: Path | None = None
     nodes: list[_Node] = field(default_factory=list[_Node])
+    token_value: str | None = None  # a given auth token (the KubeRay emulator's Secret); else generated
 
     def __post_init__(self) -> None:
         prefix = cluster_dir_prefix(self.spec.cluster_name, self.root)
@@ -224,7 +225,7 @@ class LocalRayCluster:
 
     def _start_once(self, deadline: float, on_launch: Callable[[LocalRayCluster], None] | None) -> LocalRayCluster:
         self.dir.mkdir(parents=True, exist_ok=False)
-        self.token_file.write_text(secrets.token_urlsafe(32))
+        self.token_file.write_text(self.token_value or secrets.token_urlsafe(32))
         self.token_file.chmod(0o600)
         try:
             self.gcs_port, self.dashboard_port, self._client_port = free_ports(3)

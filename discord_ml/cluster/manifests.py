@@ -174,7 +174,8 @@ def build_ray_cluster_spec(spec: ClusterSpec, *, catalog: PoolCatalog | None = N
     }
     cluster_spec: dict[str, Any] = {
         "rayVersion": spec.ray_version,
-        "authOptions": {"mode": "token"},
+        # The provider creates this Secret (key `auth_token`) before the cluster, so clients know the token.
+        "authOptions": {"mode": "token", "secretName": auth_secret_name(spec)},
         "headGroupSpec": head,
         "workerGroupSpecs": [worker_group],
     }
@@ -305,6 +306,31 @@ def build_network_policy(spec: ClusterSpec, *, platform_namespace: str | None = 
                 },
             ],
         },
+    }
+
+
+def auth_secret_name_for(cluster_name: str) -> str:
+    """Name of the Secret holding a cluster's Ray auth token."""
+    return f"{cluster_name}-ray-token"
+
+
+def auth_secret_name(spec: ClusterSpec) -> str:
+    """Name of the Secret holding the spec's cluster's Ray auth token."""
+    return auth_secret_name_for(spec.cluster_name)
+
+
+def build_auth_secret(spec: ClusterSpec, token: str) -> dict[str, Any]:
+    """The Secret with the cluster's Ray token (`auth_token`), referenced by `authOptions.secretName`."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": auth_secret_name(spec),
+            "namespace": spec.namespace,
+            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, f"{LABEL_PREFIX}/cluster": spec.cluster_name},
+        },
+        "type": "Opaque",
+        "stringData": {"auth_token": token},
     }
 
 

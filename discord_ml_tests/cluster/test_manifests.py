@@ -13,6 +13,7 @@ import yaml
 from discord_ml.cluster.manifests import (
     RUN_ID_LABEL,
     TTL_ANNOTATION,
+    build_auth_secret,
     build_cluster_manifests,
     build_network_policy,
     build_ray_cluster,
@@ -96,7 +97,13 @@ def test_gpu_cluster_details() -> None:
         "cost-center": "ads",
     }.items() <= meta["labels"].items()
     assert meta["annotations"][TTL_ANNOTATION] == str(8 * 3600)
-    assert cluster["authOptions"] == {"mode": "token"}
+    assert cluster["authOptions"] == {"mode": "token", "secretName": f"{spec.cluster_name}-ray-token"}
+    secret = build_auth_secret(spec, "s3cret")
+    assert (secret["metadata"]["name"], secret["stringData"]) == (
+        f"{spec.cluster_name}-ray-token",
+        {"auth_token": "s3cret"},
+    )
+    assert k8s_errors(secret) == []
     head = cluster["headGroupSpec"]
     assert head["serviceType"] == "ClusterIP" and head["enableIngress"] is False
     assert head["rayStartParams"]["num-cpus"] == "0"

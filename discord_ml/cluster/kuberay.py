@@ -1,0 +1,309 @@
+"""KubeRayProvider: RayClusters applied through the Kubernetes API with the `kubernetes` client.
+
+Creates the token Secret, the RayCluster and its NetworkPolicy (all from the pure builders),
+waits on KubeRay's status conditions while explaining why a cluster is not ready (pending pods
+and their scheduling events), resolves the dashboard from the head service, and deletes it all
+on teardown. Transient API errors (429, 5xx, connection refused) are retried with backoff; other
+4xx fail at once with the API's message.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from discord_ml.cluster.manifests import (
+    DASHBOARD_PORT,
+    LABEL_PREFIX,
+    TTL_ANNOTATION,
+    auth_secret_name_for,
+    build_auth_secret,
+    build_network_policy,
+    build_ray_cluster,
+)
+from discord_ml.cluster.provider import (
+    ClusterConnection,
+    ClusterError,
+    ClusterExistsError,
+    ClusterInfo,
+    ClusterNotFoundError,
+    ClusterNotReadyError,
+    ClusterStatus,
+    Progress,
+)
+from discord_ml.cluster.security import ensure_secure
+from discord_ml.cluster.spec import ClusterSpec
+from discord_ml.settings import get_settings
+
+GROUP, VERSION, PLURAL = "ray.io", "v1", "rayclusters"
+TRANSIENT = frozenset({429, 500, 502, 503, 504})
+DashboardAccess = Literal["dns", "service-ip"]
+
+
+class KubeRayProvider:
+    """Ray clusters as KubeRay `RayCluster` resources."""
+
+    backend = "kuberay"
+
+    def __init__(
+        self,
+        *,
+        kubeconfig: str | None = None,
+        dashboard_access: DashboardAccess = "dns",
+        retries: int = 5,
+        backoff_s: float = 0.5,
+    ) -> None:
+        """Args:
+        kubeconfig: kubeconfig file; default: in-cluster config when running in a pod, else $KUBECONFIG/~/.kube/config.
+        dashboard_access: `dns` (`<cluster>-head-svc.<ns>.svc.cluster.local`, from inside the cluster) or
+            `service-ip` (the head service's ClusterIP).
+        retries: attempts for transient API errors.
+        backoff_s: first retry delay (doubles each time).
+        """
+        import kubernetes
+
+        if kubeconfig is None and _in_cluster():
+            kubernetes.config.load_incluster_config()
+        else:
+            # The client reads $KUBECONFIG once, at import; read it now so a changed value counts.
+            kubernetes.config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"))
+        # The client's generated return types are loose unions; we read documented fields.
+        self._k8s: Any = kubernetes
+        self.custom: Any = kubernetes.client.CustomObjectsApi()
+        self.core: Any = kubernetes.client.CoreV1Api()
+        self.networking: Any = kubernetes.client.NetworkingV1Api()
+        self.dashboard_access = dashboard_access
+        self.retries, self.backoff_s = retries, backoff_s
+
+    # --- the interface ------------------------------------------------------------------------
+
+    def create(self, spec: ClusterSpec) -> ClusterInfo:
+        """Apply the token Secret, the RayCluster and its NetworkPolicy.
+
+        Raises:
+            ClusterExistsError: a RayCluster of that name exists in the namespace.
+            ClusterError: the API rejected a manifest (its message included).
+        """
+        namespace, name = str(spec.namespace), spec.cluster_name
+        cluster = build_ray_cluster(spec)
+        ensure_secure(cluster)  # never send a manifest that breaks the rules
+        # An existing Secret is left by an earlier attempt of the same name; KubeRay reads the token it holds.
+        with contextlib.suppress(ClusterExistsError):
+            token_secret = build_auth_secret(spec, secrets.token_urlsafe(32))
+            self._call(self.core.create_namespaced_secret, namespace, token_secret)
+        try:
+            self._call(self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, cluster)
+            self._call(self.networking.create_namespaced_network_policy, namespace, build_network_policy(spec))
+        except ClusterExistsError:
+            raise ClusterExistsError(
+                f"RayCluster {name!r} already exists in namespace {namespace!r}; pick another name or delete it first "
+                f"(dml cluster delete {name} -n {namespace})"
+            ) from None
+        except BaseException:
+            self.delete(name, namespace=namespace)
+            raise
+        return self.get(name, namespace=namespace)
+
+    def wait_ready(self, name: str, *, namespace: str | None = None, timeout: float = 600.0,
+                   on_progress: Progress | None = None) -> ClusterInfo:  # fmt: skip
+        """Wait for `HeadPodReady` and `RayClusterProvisioned`, reporting why it is not ready yet.
+
+        Raises:
+            ClusterNotReadyError: failed, or not ready within `timeout`, with the pending reason.
+        """
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            info = self.get(name, namespace=namespace)
+            if info.status == ClusterStatus.READY:
+                if on_progress is not None:
+                    on_progress(info)
+                return info
+            if info.status == ClusterStatus.FAILED:
+                raise ClusterNotReadyError(f"RayCluster {name!r} failed: {info.reason}")
+            if on_progress is not None and f"{info.status}{info.reason}" != last:
+                on_progress(info)
+            last = f"{info.status}{info.reason}"
+            if time.monotonic() >= deadline:
+                raise ClusterNotReadyError(
+                    f"RayCluster {name!r} not ready after {timeout:.0f}s: {info.reason or 'no reason reported'}"
+                )
+            time.sleep(1.0)
+
+    def get(self, name: str, *, namespace: str | None = None) -> ClusterInfo:
+        """One RayCluster, with the reason it is not ready (if it is not).
+
+        Raises:
+            ClusterNotFoundError: no such RayCluster.
+        """
+        namespace = namespace or get_settings().default_namespace
+        try:
+            obj = self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+        except ClusterNotFoundError:
+            raise ClusterNotFoundError(
+                f"no RayCluster {name!r} in namespace {namespace!r} (see dml cluster list -A)"
+            ) from None
+        info = self._info(obj)
+        if info.status == ClusterStatus.PENDING:
+            reason = self._pending_reason(namespace, name)
+            info = _replace(info, reason=reason or info.reason)
+        return info
+
+    def list(self, selector: Mapping[str, str] | None = None, *, namespace: str | None = None) -> list[ClusterInfo]:
+        """RayClusters whose labels include `selector`, in one namespace or all of them."""
+        label_selector = ",".join(f"{k}={v}" for k, v in (selector or {}).items())
+        if namespace is None:
+            result = self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
+                                label_selector=label_selector)  # fmt: skip
+        else:
+            result = self._call(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
+                                label_selector=label_selector)  # fmt: skip
+        return [self._info(item) for item in result.get("items", [])]
+
+    def delete(self, name: str, *, namespace: str | None = None) -> None:
+        """Delete the RayCluster (KubeRay removes its pods and services), its NetworkPolicy and token."""
+        namespace = namespace or get_settings().default_namespace
+        calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
+            (self.custom.delete_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL, name)),
+            (self.networking.delete_namespaced_network_policy, (f"{name}-ray", namespace)),
+            (self.core.delete_namespaced_secret, (auth_secret_name_for(name), namespace)),
+        ]
+        for call, args in calls:
+            with contextlib.suppress(ClusterNotFoundError):
+                self._call(call, *args)
+
+    def connect(self, name: str, *, namespace: str | None = None) -> ClusterConnection:
+        """Dashboard URL (from the head service) and the token from the cluster's Secret."""
+        namespace = namespace or get_settings().default_namespace
+        service = self._call(self.core.read_namespaced_service, f"{name}-head-svc", namespace)
+        port = next((p.port for p in service.spec.ports or [] if p.name == "dashboard"), DASHBOARD_PORT)
+        if self.dashboard_access == "service-ip":
+            host = service.spec.cluster_ip
+        else:
+            host = f"{name}-head-svc.{namespace}.svc.cluster.local"
+        obj = self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+        secret_name = obj["spec"].get("authOptions", {}).get("secretName") or name
+        secret = self._call(self.core.read_namespaced_secret, secret_name, namespace)
+        token = base64.b64decode((secret.data or {})["auth_token"]).decode()
+        return ClusterConnection(f"http://{host}:{port}", {"Authorization": f"Bearer {token}"})
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call the API, retrying transient errors; map the rest to our errors."""
+        import urllib3
+
+        delay = self.backoff_s
+        for attempt in range(1, self.retries + 1):
+            try:
+                return fn(*args, **kwargs)
+            except self._k8s.client.ApiException as exc:
+                if exc.status in TRANSIENT and attempt < self.retries:
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                raise _api_error(exc) from None
+            except (urllib3.exceptions.HTTPError, ConnectionError) as exc:
+                if attempt < self.retries:
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                raise ClusterError(f"Kubernetes API unreachable after {attempt} attempts: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _pending_reason(self, namespace: str, name: str) -> str:
+        pods = self._call(self.core.list_namespaced_pod, namespace, label_selector=f"ray.io/cluster={name}")
+        reasons = []
+        for pod in pods.items:
+            if pod.status.phase != "Pending":
+                continue
+            events = self._call(self.core.list_namespaced_event, namespace,
+                                field_selector=f"involvedObject.name={pod.metadata.name}")  # fmt: skip
+            warnings = [e for e in events.items if e.type == "Warning"]
+            if warnings:
+                latest = warnings[-1]
+                reasons.append(f"pod {pod.metadata.name} Pending: {latest.reason}: {latest.message}")
+            else:
+                reasons.append(f"pod {pod.metadata.name} Pending")
+        return "; ".join(reasons)
+
+    def _info(self, obj: Mapping[str, Any]) -> ClusterInfo:
+        meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status") or {}
+        labels = dict(meta.get("labels") or {})
+        conditions = {c["type"]: c for c in status.get("conditions", [])}
+        groups = spec.get("workerGroupSpecs", [])
+        desired = status.get("desiredWorkerReplicas", sum(int(g.get("replicas", 0)) for g in groups))
+        gpus = next((int(g.get("rayStartParams", {}).get("num-gpus", 0)) for g in groups), 0)
+        if meta.get("deletionTimestamp"):
+            state, reason = ClusterStatus.DELETING, "being deleted"
+        elif conditions.get("ReplicaFailure", {}).get("status") == "True" or status.get("state") == "failed":
+            state, reason = ClusterStatus.FAILED, conditions.get("ReplicaFailure", {}).get("message", "failed")
+        elif status.get("state") == "ready" or all(
+            conditions.get(c, {}).get("status") == "True" for c in ("HeadPodReady", "RayClusterProvisioned")
+        ):
+            state, reason = ClusterStatus.READY, ""
+        else:
+            head = conditions.get("HeadPodReady", {})
+            state, reason = (
+                ClusterStatus.PENDING,
+                head.get("message") or head.get("reason") or "waiting for the operator",
+            )
+        ttl = (meta.get("annotations") or {}).get(TTL_ANNOTATION)
+        name, namespace = meta["name"], meta.get("namespace", "")
+        service_ip = (status.get("head") or {}).get("serviceIP")
+        port = (status.get("endpoints") or {}).get("dashboard", str(DASHBOARD_PORT))
+        return ClusterInfo(
+            name=name,
+            namespace=namespace,
+            backend=self.backend,
+            owner=labels.get(f"{LABEL_PREFIX}/owner", ""),
+            team=labels.get(f"{LABEL_PREFIX}/team", ""),
+            purpose=labels.get(f"{LABEL_PREFIX}/purpose", ""),
+            gpu_pool=labels.get(f"{LABEL_PREFIX}/gpu-pool", ""),
+            gpu_type=labels.get(f"{LABEL_PREFIX}/gpu-type", "none"),
+            gpus_per_worker=gpus,
+            workers_ready=int(status.get("readyWorkerReplicas", 0)),
+            workers_desired=int(desired),
+            status=state,
+            reason=reason,
+            created=_timestamp(meta.get("creationTimestamp")),
+            dashboard_url=f"http://{service_ip}:{port}" if service_ip and state == ClusterStatus.READY else None,
+            labels=labels,
+            ttl_seconds=int(ttl) if ttl and ttl.isdigit() else None,
+        )
+
+
+def _api_error(exc: Any) -> ClusterError:
+    message = exc.reason
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        message = json.loads(exc.body).get("message", message)
+    if exc.status == 404:
+        return ClusterNotFoundError(message)
+    if exc.status == 409:
+        return ClusterExistsError(message)
+    return ClusterError(f"Kubernetes API refused the request ({exc.status}): {message}")
+
+
+def _replace(info: ClusterInfo, **changes: Any) -> ClusterInfo:
+    return dataclasses.replace(info, **changes)
+
+
+def _timestamp(value: str | None) -> datetime:
+    if not value:
+        return datetime.now(UTC)
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _in_cluster() -> bool:
+    return "KUBERNETES_SERVICE_HOST" in os.environ
+
+
+__all__ = ["KubeRayProvider"]

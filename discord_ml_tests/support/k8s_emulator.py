@@ -1,0 +1,270 @@
+"""A Kubernetes API emulator on 127.0.0.1 for testing the KubeRay backend through the real
+`kubernetes` client.
+
+It serves the real REST paths for `rayclusters`/`rayjobs` (ray.io/v1), services, pods, events,
+secrets and networkpolicies; validates created RayClusters against the KubeRay CRD schema and
+NetworkPolicies against the Kubernetes schema (422 like an API server); and emulates the KubeRay
+operator: a new RayCluster gets a real local Ray cluster (head + 1 worker raylet, via the local
+backend), head pod/service objects, status conditions, `head.serviceIP` and endpoints; deleting
+it stops that Ray cluster. A cluster can be told to stay Pending with an Unschedulable event or
+to fail its head, and the next requests can be made to fail with a transient status.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import yaml
+
+from discord_ml.cluster.local import LocalRayCluster
+from discord_ml.cluster.spec import ClusterSpec
+from discord_ml_tests.support.schemas import crd_errors, k8s_errors
+
+KINDS = {
+    "rayclusters": "RayCluster", "rayjobs": "RayJob", "services": "Service", "pods": "Pod", "events": "Event",
+    "secrets": "Secret", "networkpolicies": "NetworkPolicy",
+}  # fmt: skip
+_PATH = re.compile(
+    r"^/(?:api/v1|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
+    r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>status))?$"
+)
+UNSCHEDULABLE = (
+    "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: "
+    "3 No preemption victims found for incoming pod."
+)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "code": code}  # fmt: skip
+
+
+class KubeEmulator:
+    """The emulator's state and operator; `serve()` runs it on a free port."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.lock = threading.RLock()
+        self.modes: dict[str, str] = {}  # cluster name -> "pending" | "fail_head"
+        self.default_mode = "run"
+        self.transient_failures: list[int] = []  # statuses to answer the next requests with
+        self.requests: list[tuple[str, str]] = []
+        self.ray: dict[tuple[str, str], LocalRayCluster] = {}
+        self.threads: list[threading.Thread] = []
+        self.url = ""
+
+    # --- store ---------------------------------------------------------------------------------
+
+    def put(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", _now())
+        meta["resourceVersion"] = str(len(self.requests) + 1)
+        obj.setdefault("kind", KINDS[plural])
+        with self.lock:
+            self.objects[(plural, meta.get("namespace", ""), meta["name"])] = obj
+        return obj
+
+    def find(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            return [
+                copy.deepcopy(o) for (p, ns, _), o in self.objects.items() if p == plural and namespace in (None, ns)
+            ]
+
+    def ray_clusters(self) -> list[str]:
+        """Names of the RayClusters that exist."""
+        return sorted(o["metadata"]["name"] for o in self.find("rayclusters"))
+
+    # --- operator emulation --------------------------------------------------------------------
+
+    def _reconcile(self, namespace: str, name: str) -> None:
+        cluster = self.objects[("rayclusters", namespace, name)]
+        spec = cluster["spec"]
+        desired = sum(int(g.get("replicas", 0)) for g in spec.get("workerGroupSpecs", []))
+        head_pod = f"{name}-head-x7k2p"
+        labels = {"ray.io/cluster": name, "ray.io/node-type": "head"}
+        pod = {"apiVersion": "v1", "metadata": {"name": head_pod, "namespace": namespace, "labels": labels},
+               "spec": spec["headGroupSpec"]["template"]["spec"], "status": {"phase": "Pending"}}  # fmt: skip
+        self.put("pods", pod)
+        cluster["status"] = {"state": "", "desiredWorkerReplicas": desired, "readyWorkerReplicas": 0, "conditions": [
+            {"type": "HeadPodReady", "status": "False", "reason": "HeadPodNotFound", "message": "",
+             "lastTransitionTime": _now()}]}  # fmt: skip
+        mode = self.modes.get(name, self.default_mode)
+        if mode == "pending":
+            self.put("events", {"apiVersion": "v1", "metadata": {"name": f"{head_pod}.1", "namespace": namespace},
+                                "involvedObject": {"kind": "Pod", "name": head_pod, "namespace": namespace},
+                                "type": "Warning", "reason": "FailedScheduling", "message": UNSCHEDULABLE,
+                                "lastTimestamp": _now()})  # fmt: skip
+            pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                            "message": UNSCHEDULABLE}]  # fmt: skip
+            return
+        if mode == "fail_head":
+            pod["status"] = {"phase": "Failed", "reason": "Error", "message": "ray start exited with code 1"}
+            cluster["status"]["conditions"].append({"type": "ReplicaFailure", "status": "True",
+                "reason": "HeadPodFailed", "message": "head pod failed: ray start exited with code 1",
+                "lastTransitionTime": _now()})  # fmt: skip
+            cluster["status"]["state"] = "failed"
+            return
+        token_secret = spec.get("authOptions", {}).get("secretName", name)
+        secret = self.objects.get(("secrets", namespace, token_secret))
+        token = base64.b64decode(secret["data"]["auth_token"]).decode() if secret else None
+        ray = LocalRayCluster(ClusterSpec.build(name=name[:40], owner="kuberay-emulator", workers=1, head_memory="1Gi"),
+                              token_value=token)  # fmt: skip
+        ray.start()
+        with self.lock:
+            if ("rayclusters", namespace, name) not in self.objects:  # deleted while starting
+                ray.stop()
+                return
+            self.ray[(namespace, name)] = ray
+            pod["status"] = {
+                "phase": "Running",
+                "podIP": "127.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }
+            ports = {"gcs-server": ray.gcs_port, "dashboard": ray.dashboard_port, "client": 10001, "metrics": 8080}
+            self.put("services", {"apiVersion": "v1", "metadata": {"name": f"{name}-head-svc", "namespace": namespace,
+                     "labels": {"ray.io/cluster": name}}, "spec": {"clusterIP": "127.0.0.1", "type": "ClusterIP",
+                     "ports": [{"name": k, "port": v, "protocol": "TCP"} for k, v in ports.items()]}})  # fmt: skip
+            cluster["status"] = {
+                "state": "ready", "desiredWorkerReplicas": desired, "readyWorkerReplicas": desired,
+                "availableWorkerReplicas": desired, "head": {"serviceIP": "127.0.0.1", "podIP": "127.0.0.1"},
+                "endpoints": {k: str(v) for k, v in ports.items()},
+                "conditions": [{"type": t, "status": "True", "reason": t, "message": "", "lastTransitionTime": _now()}
+                               for t in ("HeadPodReady", "RayClusterProvisioned")],
+            }  # fmt: skip
+
+    def _teardown(self, namespace: str, name: str) -> None:
+        with self.lock:
+            ray = self.ray.pop((namespace, name), None)
+            for key in [k for k, o in self.objects.items() if k[0] in ("pods", "services", "events")
+                        and k[1] == namespace and (o["metadata"].get("labels", {}).get("ray.io/cluster") == name
+                        or o.get("involvedObject", {}).get("name", "").startswith(f"{name}-head"))]:  # fmt: skip
+                del self.objects[key]
+        if ray is not None:
+            ray.stop()
+
+    # --- HTTP ----------------------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+        self.requests.append((method, path))
+        if self.transient_failures:
+            code = self.transient_failures.pop(0)
+            return code, _status(code, "ServiceUnavailable", "the server is currently unable to handle the request")
+        match = _PATH.match(path)
+        if match is None or match["plural"] not in KINDS:
+            return 404, _status(404, "NotFound", f"the server could not find the requested resource ({path})")
+        plural, ns, name = match["plural"], match["ns"], match["name"]
+        if method == "GET" and name is None:
+            items = self.find(plural, ns)
+            selector = dict(p.split("=", 1) for p in query.get("labelSelector", [""])[0].split(",") if "=" in p)
+            items = [o for o in items if selector.items() <= o["metadata"].get("labels", {}).items()]
+            field = dict(p.split("=", 1) for p in query.get("fieldSelector", [""])[0].split(",") if "=" in p)
+            if "involvedObject.name" in field:
+                items = [o for o in items if o.get("involvedObject", {}).get("name") == field["involvedObject.name"]]
+            return 200, {"apiVersion": "v1", "kind": f"{KINDS[plural]}List", "metadata": {"resourceVersion": "1"},
+                         "items": items}  # fmt: skip
+        if method == "POST":
+            return self._create(plural, ns or "", body)
+        key = (plural, ns or "", name or "")
+        with self.lock:
+            obj = self.objects.get(key)
+        if obj is None:
+            return 404, _status(404, "NotFound", f'{plural} "{name}" not found')
+        if method == "GET":
+            return 200, copy.deepcopy(obj)
+        if method == "DELETE":
+            with self.lock:
+                del self.objects[key]
+            if plural == "rayclusters":
+                self._teardown(ns or "", name or "")
+            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}
+        return 405, _status(405, "MethodNotAllowed", f"{method} is not supported by the emulator")
+
+    def _create(self, plural: str, namespace: str, body: dict[str, Any]) -> tuple[int, Any]:
+        name = body.get("metadata", {}).get("name", "")
+        if (plural, namespace, name) in self.objects:
+            return 409, _status(
+                409, "AlreadyExists", f'{plural}.{"ray.io" if "ray" in plural else ""} "{name}" already exists'
+            )
+        errors = crd_errors(body) if plural in ("rayclusters", "rayjobs") else []
+        if plural == "networkpolicies":
+            errors = k8s_errors(body)
+        if errors:
+            return 422, _status(422, "Invalid", f'{KINDS[plural]} "{name}" is invalid: ' + "; ".join(errors))
+        body.setdefault("metadata", {})["namespace"] = namespace
+        if plural == "secrets" and "stringData" in body:  # like the API server: stored base64-encoded
+            encoded = {k: base64.b64encode(v.encode()).decode() for k, v in body.pop("stringData").items()}
+            body["data"] = {**body.get("data", {}), **encoded}
+        obj = self.put(plural, body)
+        if plural == "rayclusters":
+            thread = threading.Thread(target=self._reconcile, args=(namespace, name), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+        return 201, copy.deepcopy(obj)
+
+    def stop_all(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=120)
+        for namespace, name in list(self.ray):
+            self._teardown(namespace, name)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    emulator: KubeEmulator
+
+    def _serve(self) -> None:
+        url = urlparse(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        code, payload = self.emulator.handle(self.command, url.path, parse_qs(url.query), body)
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _serve  # noqa: N815 - http.server's method names
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve(tmp_path: Path) -> Iterator[tuple[KubeEmulator, Path]]:
+    """Run an emulator on 127.0.0.1; yield it and a kubeconfig file that points at it."""
+    emulator = KubeEmulator()
+    handler = type("Handler", (_Handler,), {"emulator": emulator})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    emulator.url = f"http://127.0.0.1:{server.server_address[1]}"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "clusters": [{"name": "emulator", "cluster": {"server": emulator.url}}],
+        "users": [{"name": "tester", "user": {"token": "emulator-token"}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": "ml"}}],
+    }))  # fmt: skip
+    try:
+        yield emulator, kubeconfig
+    finally:
+        emulator.stop_all()
+        server.shutdown()
+        server.server_close()
