@@ -35,9 +35,9 @@ from discord_ml.cluster.provider import (
     ClusterExistsError,
     ClusterInfo,
     ClusterNotFoundError,
-    ClusterNotReadyError,
     ClusterStatus,
     Progress,
+    poll_until_ready,
 )
 from discord_ml.cluster.security import ensure_secure
 from discord_ml.cluster.spec import ClusterSpec
@@ -119,24 +119,13 @@ class KubeRayProvider:
         Raises:
             ClusterNotReadyError: failed, or not ready within `timeout`, with the pending reason.
         """
-        deadline = time.monotonic() + timeout
-        last = ""
-        while True:
-            info = self.get(name, namespace=namespace)
-            if info.status == ClusterStatus.READY:
-                if on_progress is not None:
-                    on_progress(info)
-                return info
-            if info.status == ClusterStatus.FAILED:
-                raise ClusterNotReadyError(f"RayCluster {name!r} failed: {info.reason}")
-            if on_progress is not None and f"{info.status}{info.reason}" != last:
-                on_progress(info)
-            last = f"{info.status}{info.reason}"
-            if time.monotonic() >= deadline:
-                raise ClusterNotReadyError(
-                    f"RayCluster {name!r} not ready after {timeout:.0f}s: {info.reason or 'no reason reported'}"
-                )
-            time.sleep(1.0)
+        return poll_until_ready(
+            lambda: self.get(name, namespace=namespace),
+            what=f"RayCluster {name!r}",
+            timeout=timeout,
+            interval=1.0,
+            on_progress=on_progress,
+        )
 
     def get(self, name: str, *, namespace: str | None = None) -> ClusterInfo:
         """One RayCluster, with the reason it is not ready (if it is not).

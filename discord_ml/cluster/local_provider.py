@@ -6,7 +6,6 @@ connect to and delete them, and tells a live cluster from a dead one.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ from discord_ml.cluster.provider import (
     ClusterNotReadyError,
     ClusterStatus,
     Progress,
+    poll_until_ready,
 )
 from discord_ml.cluster.registry import ClusterRecord, LocalRegistry
 from discord_ml.cluster.spec import ClusterSpec
@@ -79,22 +79,14 @@ class LocalRayProvider:
         Raises:
             ClusterNotReadyError: the cluster died or did not become ready within `timeout`.
         """
-        deadline = time.monotonic() + timeout
-        last: ClusterStatus | None = None
-        while True:
-            info = self.get(name, namespace=namespace)
-            if on_progress is not None and info.status != last:
-                on_progress(info)
-            last = info.status
-            if info.status == ClusterStatus.READY and info.workers_ready == info.workers_desired:
-                return info
-            if info.status in (ClusterStatus.DEAD, ClusterStatus.FAILED):
-                raise ClusterNotReadyError(f"cluster {name!r} is {info.status}: {info.reason}")
-            if time.monotonic() >= deadline:
-                raise ClusterNotReadyError(
-                    f"cluster {name!r} not ready after {timeout:.0f}s: {info.reason or info.status}"
-                )
-            time.sleep(0.5)
+        return poll_until_ready(
+            lambda: self.get(name, namespace=namespace),
+            what=f"cluster {name!r}",
+            timeout=timeout,
+            interval=0.5,
+            on_progress=on_progress,
+            ready=lambda i: i.status == ClusterStatus.READY and i.workers_ready == i.workers_desired,
+        )
 
     def get(self, name: str, *, namespace: str | None = None) -> ClusterInfo:
         """One cluster; its status checked against its processes.

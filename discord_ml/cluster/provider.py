@@ -6,6 +6,7 @@ and a `ClusterConnection` (dashboard URL + auth headers) for the Ray Jobs API.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -83,6 +84,38 @@ class ClusterConnection:
 
 
 Progress = Callable[[ClusterInfo], None]
+
+
+def poll_until_ready(
+    get: Callable[[], ClusterInfo],
+    *,
+    what: str,
+    timeout: float,
+    interval: float,
+    on_progress: Progress | None = None,
+    ready: Callable[[ClusterInfo], bool] = lambda info: info.status == ClusterStatus.READY,
+) -> ClusterInfo:
+    """Poll `get` until `ready`; report each change of status or reason; fail on DEAD/FAILED or timeout.
+
+    Raises:
+        ClusterNotReadyError: naming `what` and the last reason the backend gave.
+    """
+    deadline = time.monotonic() + timeout
+    last: tuple[str, str] | None = None
+    while True:
+        info = get()
+        if on_progress is not None and (info.status, info.reason) != last:
+            on_progress(info)
+        last = (info.status, info.reason)
+        if ready(info):
+            return info
+        if info.status in (ClusterStatus.DEAD, ClusterStatus.FAILED):
+            raise ClusterNotReadyError(
+                f"{what} {'failed' if info.status == ClusterStatus.FAILED else 'is dead'}: {info.reason}"
+            )
+        if time.monotonic() >= deadline:
+            raise ClusterNotReadyError(f"{what} not ready after {timeout:.0f}s: {info.reason or info.status}")
+        time.sleep(interval)
 
 
 @runtime_checkable
