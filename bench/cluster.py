@@ -23,8 +23,9 @@ from typing import Any
 
 import dagster as dg
 
-from discord_ml.cluster.local import free_ports, group_alive, ray_executable
+from discord_ml.cluster.local import ray_executable
 from discord_ml.cluster.local_provider import LocalRayProvider
+from discord_ml.cluster.processes import free_ports, group_alive
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml.jobs import submit_and_follow
 from discord_ml.resources import RayClusterResource

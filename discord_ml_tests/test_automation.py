@@ -9,8 +9,9 @@ import dagster as dg
 import pytest
 
 from discord_ml.automation import plan_sweep, ray_cluster_sweeper
-from discord_ml.cluster.local import cluster_dir_prefix, processes_using
+from discord_ml.cluster.local import cluster_dir_prefix
 from discord_ml.cluster.local_provider import LocalRayProvider
+from discord_ml.cluster.processes import processes_using
 from discord_ml.cluster.provider import ClusterInfo, ClusterStatus
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml.resources import RayClusterResource

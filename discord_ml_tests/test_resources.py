@@ -15,8 +15,9 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from discord_ml.cluster.local import cluster_dir_prefix, processes_using
+from discord_ml.cluster.local import cluster_dir_prefix
 from discord_ml.cluster.local_provider import LocalRayProvider
+from discord_ml.cluster.processes import processes_using
 from discord_ml.definitions import defs
 from discord_ml.resources import cluster_name_for_run
 from discord_ml_tests.support.dagster_jobs import MARKER, failing_job

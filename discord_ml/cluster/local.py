@@ -11,12 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,13 +26,22 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from discord_ml.cluster.processes import (
+    LOCALHOST,
+    free_ports,
+    group_alive,
+    is_ours,
+    pid_alive,
+    processes_using,
+    signal_group,
+    spawn_detached,
+    wait_gone,
+)
 from discord_ml.cluster.quantity import parse_quantity
 from discord_ml.cluster.spec import ClusterSpec
 
-LOCALHOST = "127.0.0.1"
 _OBJECT_STORE_FRACTION = Decimal("0.3")
 _MIN_OBJECT_STORE = 80 * 2**20  # Ray refuses less than 75 MiB
-_PORT_FLOOR = 20000
 
 
 class LocalClusterError(RuntimeError):
@@ -52,107 +58,12 @@ def cluster_dir_prefix(name: str, root: Path | None = None) -> Path:
     return base / f"{name[:8]}-"
 
 
-def _ephemeral_floor() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports free on 127.0.0.1, chosen *below* the kernel's ephemeral range.
-
-    Ports from `bind(0)` are ephemeral: the kernel may hand them out again as the source port of
-    an outgoing connection (Ray makes many) before our raylet binds them. Holding every probe
-    socket until the batch is complete keeps the batch free of repeats.
-    """
-    rng = random.SystemRandom()
-    high = min(_ephemeral_floor(), 65535)
-    held: list[socket.socket] = []
-    try:
-        while len(held) < count:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.bind((LOCALHOST, rng.randrange(_PORT_FLOOR, high)))
-            except OSError:
-                sock.close()
-                continue
-            held.append(sock)
-        return [int(s.getsockname()[1]) for s in held]
-    finally:
-        for sock in held:
-            sock.close()
-
-
 def ray_executable() -> str:
     """The `ray` CLI of this interpreter's environment (never one found elsewhere on PATH)."""
     candidate = Path(sys.executable).parent / "ray"
     if not candidate.exists():
         raise LocalClusterError(f"{candidate} not found; install discord_ml with its dependencies (ray[default])")
     return str(candidate)
-
-
-def processes_using(marker: str) -> list[int]:
-    """PIDs whose command line mentions `marker` (a cluster's unique temp dir)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, process group) of `pid` from /proc, or None when it does not exist."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces
-    return fields[0], int(fields[2])
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie counts as gone: whoever reaps it, it does nothing)."""
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] != "Z"
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any live process remains in process group `pgid`."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[1] == pgid and stat[0] != "Z":
-                return True
-    return False
-
-
-_TRAMPOLINE = (
-    "import subprocess, sys\n"
-    "log = open(sys.argv[1], 'ab')\n"
-    "p = subprocess.Popen(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,"
-    " start_new_session=True)\n"
-    "print(p.pid)\n"
-)
-
-
-def spawn_detached(argv: list[str], *, log: Path, env: dict[str, str]) -> int:
-    """Start `argv` in a new session that no process of ours owns; return its pid (== its pgid).
-
-    A short-lived trampoline starts it and exits, so the node outlives whoever created the cluster
-    (`dml cluster create` returns; a Dagster step creates, another process deletes) and never
-    lingers as our zombie.
-    """
-    out = subprocess.run(
-        [sys.executable, "-c", _TRAMPOLINE, str(log), *argv], env=env, capture_output=True, text=True, check=True
-    )
-    return int(out.stdout.strip())
 
 
 @dataclass
@@ -221,9 +132,7 @@ class LocalRayCluster:
         Raises:
             LocalClusterError: with the failing node's log tail; everything started is stopped.
         """
-        return self._start_once(time.monotonic() + timeout, on_launch)
-
-    def _start_once(self, deadline: float, on_launch: Callable[[LocalRayCluster], None] | None) -> LocalRayCluster:
+        deadline = time.monotonic() + timeout
         self.dir.mkdir(parents=True, exist_ok=False)
         self.token_file.write_text(self.token_value or secrets.token_urlsafe(32))
         self.token_file.chmod(0o600)
@@ -251,19 +160,19 @@ class LocalRayCluster:
         """
         marker = str(self.temp_dir)
         # Only signal groups whose leader is still this cluster's node (pids can be reused).
-        groups = [n.pid for n in self.nodes if _is_ours(n.pid, self._markers())]
+        groups = [n.pid for n in self.nodes if is_ours(n.pid, self._markers())]
         for pgid in groups:
-            _signal_group(pgid, signal.SIGTERM)
+            signal_group(pgid, signal.SIGTERM)
         end = time.monotonic() + grace
         while time.monotonic() < end and any(group_alive(g) for g in groups):
             time.sleep(0.1)
         for pgid in groups:
-            _signal_group(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)
         # Stragglers that left the process groups are found by the cluster's unique temp dir.
         for pid in processes_using(marker):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        _wait_gone(groups, marker)
+        wait_gone(groups, marker)
         self.nodes.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -358,7 +267,7 @@ class LocalRayCluster:
 
     def live_nodes(self) -> dict[str, bool]:
         """Role -> whether that node's `ray start` process is still running."""
-        return {n.role: pid_alive(n.pid) and _is_ours(n.pid, self._markers()) for n in self.nodes}
+        return {n.role: pid_alive(n.pid) and is_ours(n.pid, self._markers()) for n in self.nodes}
 
     def _markers(self) -> tuple[str, ...]:
         # The head's command line names the temp dir, a worker's the head's unique GCS address.
@@ -406,28 +315,6 @@ class LocalRayCluster:
             return 0
         nodes = payload.get("data", {}).get("result", {}).get("result", [])
         return sum(1 for n in nodes if n.get("state") == "ALIVE")
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _is_ours(pid: int, markers: tuple[str, ...]) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
-    return any(marker in cmdline for marker in markers)
-
-
-def _wait_gone(groups: list[int], marker: str, timeout: float = 10.0) -> None:
-    """Block until the process groups and every process using `marker` have exited."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if not processes_using(marker) and not any(group_alive(g) for g in groups):
-            return
-        time.sleep(0.1)
 
 
 def _tail(path: Path, lines: int = 30) -> str:

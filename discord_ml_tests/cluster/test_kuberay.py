@@ -11,7 +11,8 @@ import pytest
 
 from discord_ml.cluster import kuberay as kuberay_module
 from discord_ml.cluster.kuberay import KubeRayProvider
-from discord_ml.cluster.local import cluster_dir_prefix, processes_using
+from discord_ml.cluster.local import cluster_dir_prefix
+from discord_ml.cluster.processes import processes_using
 from discord_ml.cluster.provider import (
     ClusterError,
     ClusterExistsError,

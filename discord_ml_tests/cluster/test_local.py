@@ -7,7 +7,8 @@ import urllib.request
 
 import pytest
 
-from discord_ml.cluster.local import LocalRayCluster, processes_using
+from discord_ml.cluster.local import LocalRayCluster
+from discord_ml.cluster.processes import processes_using
 from discord_ml.cluster.spec import ClusterSpec
 
 pytestmark = pytest.mark.slow

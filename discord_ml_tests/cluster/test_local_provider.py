@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from discord_ml.cluster.local import group_alive, processes_using
 from discord_ml.cluster.local_provider import LocalRayProvider
+from discord_ml.cluster.processes import group_alive, processes_using
 from discord_ml.cluster.provider import (
     ClusterExistsError,
     ClusterNotFoundError,

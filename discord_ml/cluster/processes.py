@@ -1,0 +1,134 @@
+"""Process-level helpers for the local backend: free ports, detached process groups, liveness
+from /proc (zombies count as gone), finding a cluster's processes by a marker in their command line."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LOCALHOST = "127.0.0.1"
+_PORT_FLOOR = 20000
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1, chosen *below* the kernel's ephemeral range.
+
+    Ports from `bind(0)` are ephemeral: the kernel may hand them out again as the source port of
+    an outgoing connection (Ray makes many) before our raylet binds them. Holding every probe
+    socket until the batch is complete keeps the batch free of repeats.
+    """
+    rng = random.SystemRandom()
+    high = min(_ephemeral_floor(), 65535)
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind((LOCALHOST, rng.randrange(_PORT_FLOOR, high)))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def processes_using(marker: str) -> list[int]:
+    """PIDs whose command line mentions `marker` (a cluster's unique temp dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, process group) of `pid` from /proc, or None when it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces
+    return fields[0], int(fields[2])
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie counts as gone: whoever reaps it, it does nothing)."""
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live process remains in process group `pgid`."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[1] == pgid and stat[0] != "Z":
+                return True
+    return False
+
+
+_TRAMPOLINE = (
+    "import subprocess, sys\n"
+    "log = open(sys.argv[1], 'ab')\n"
+    "p = subprocess.Popen(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,"
+    " start_new_session=True)\n"
+    "print(p.pid)\n"
+)
+
+
+def spawn_detached(argv: list[str], *, log: Path, env: dict[str, str]) -> int:
+    """Start `argv` in a new session that no process of ours owns; return its pid (== its pgid).
+
+    A short-lived trampoline starts it and exits, so the node outlives whoever created the cluster
+    (`dml cluster create` returns; a Dagster step creates, another process deletes) and never
+    lingers as our zombie.
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", _TRAMPOLINE, str(log), *argv], env=env, capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.strip())
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def is_ours(pid: int, markers: tuple[str, ...]) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return any(marker in cmdline for marker in markers)
+
+
+def wait_gone(groups: list[int], marker: str, timeout: float = 10.0) -> None:
+    """Block until the process groups and every process using `marker` have exited."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not processes_using(marker) and not any(group_alive(g) for g in groups):
+            return
+        time.sleep(0.1)
