@@ -46,14 +46,23 @@ def plan_sweep(
     return actions
 
 
-def sweep(provider: ClusterProvider, instance: dg.DagsterInstance, *, now: datetime | None = None,
-          dry_run: bool = False) -> list[SweepAction]:  # fmt: skip
-    """Plan the sweep over the provider's clusters and (unless `dry_run`) delete them."""
+def instance_run_status(instance: dg.DagsterInstance) -> Callable[[str], dg.DagsterRunStatus | None]:
+    """Run status lookup against a Dagster instance (None: no such run)."""
 
     def run_status(run_id: str) -> dg.DagsterRunStatus | None:
         run = instance.get_run_by_id(run_id)
         return run.status if run is not None else None
 
+    return run_status
+
+
+def sweep(provider: ClusterProvider, run_status: Callable[[str], dg.DagsterRunStatus | None] | None, *,
+          now: datetime | None = None, dry_run: bool = False) -> list[SweepAction]:  # fmt: skip
+    """Plan the sweep over the provider's clusters and (unless `dry_run`) delete them.
+
+    Without `run_status` (no Dagster instance to ask) only expired clusters are swept.
+    """
+    run_status = run_status or (lambda _: dg.DagsterRunStatus.STARTED)  # unknown runs count as alive
     actions = plan_sweep(
         provider.list({"app.kubernetes.io/managed-by": MANAGED_BY}), run_status, now or datetime.now(UTC)
     )
@@ -70,7 +79,7 @@ def sweep(provider: ClusterProvider, instance: dg.DagsterInstance, *, now: datet
 )
 def ray_cluster_sweeper(context: dg.SensorEvaluationContext, ray_cluster: RayClusterResource) -> dg.SkipReason:
     provider = get_provider(ray_cluster.backend)
-    actions = sweep(provider, context.instance)
+    actions = sweep(provider, instance_run_status(context.instance))
     for action in actions:
         context.log.info(f"deleted Ray cluster {action}")
     if not actions:

@@ -35,6 +35,7 @@ class JobOutcome:
     duration_s: float
     lines: int
     tail: list[str] = field(default_factory=list[str])
+    exit_code: int | None = None  # the entrypoint's exit code, when Ray reports it
 
 
 def submit_and_follow(
@@ -45,6 +46,7 @@ def submit_and_follow(
     runtime_env: Mapping[str, Any] | None = None,
     on_line: Callable[[str], None] = print,
     on_submitted: Callable[[str], None] | None = None,
+    submission_id: str | None = None,
     tail_lines: int = 30,
     raise_on_failure: bool = True,
 ) -> JobOutcome:
@@ -57,6 +59,7 @@ def submit_and_follow(
         runtime_env: Ray runtime env (env_vars, working_dir, py_modules...).
         on_line: called once per stdout/stderr line, in order.
         on_submitted: called with the job id right after submission.
+        submission_id: the job id to use (default: Ray generates one).
         tail_lines: how many trailing lines to keep for the outcome / error.
         raise_on_failure: raise RayJobFailedError when the job does not succeed.
 
@@ -72,7 +75,9 @@ def submit_and_follow(
     logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
     client = JobSubmissionClient(dashboard_url, headers=dict(headers or {}))
     started = time.monotonic()
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=dict(runtime_env) if runtime_env else None)
+    job_id = client.submit_job(
+        entrypoint=entrypoint, runtime_env=dict(runtime_env) if runtime_env else None, submission_id=submission_id
+    )
     if on_submitted is not None:
         on_submitted(job_id)
     tail: deque[str] = deque(maxlen=tail_lines)
@@ -108,6 +113,7 @@ def submit_and_follow(
         duration_s=time.monotonic() - started,
         lines=count,
         tail=list(tail),
+        exit_code=getattr(info, "driver_exit_code", None),
     )
     if raise_on_failure and outcome.status != "SUCCEEDED":
         raise RayJobFailedError(job_id, outcome.status, outcome.message, outcome.tail)

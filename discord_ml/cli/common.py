@@ -1,0 +1,92 @@
+"""What the `dml` commands share: options, output, errors. Light imports only (start-up speed)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from discord_ml.cluster.names import sanitize_label_value
+
+if TYPE_CHECKING:
+    from discord_ml.cluster.provider import ClusterInfo, ClusterProvider
+
+USAGE_ERROR = 2
+
+Backend = Annotated[
+    str | None, typer.Option("--backend", "-b", help="local or kuberay (default: DML_BACKEND, else local).")
+]
+Namespace = Annotated[
+    str | None, typer.Option("--namespace", "-n", help="Kubernetes namespace (default: DML_NAMESPACE).")
+]
+Output = Annotated[str, typer.Option("--output", "-o", help="table or json.")]
+
+
+def fail(message: str) -> NoReturn:
+    """Print `error: message` on stderr and exit 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(USAGE_ERROR)
+
+
+def current_owner() -> str:
+    """The current user as a label value."""
+    return sanitize_label_value(os.environ.get("DML_OWNER") or getpass.getuser())
+
+
+def provider(backend: str | None) -> ClusterProvider:
+    """The provider for `backend`, or exit 2 with the reason."""
+    from discord_ml.cluster.backends import get_provider
+    from discord_ml.cluster.provider import ClusterError
+
+    try:
+        return get_provider(backend)
+    except (ValueError, ClusterError) as exc:
+        fail(str(exc))
+
+
+def age(created: datetime) -> str:
+    """`3m`, `2h`, `5d` since `created`."""
+    seconds = int((datetime.now(UTC) - created).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def info_dict(info: ClusterInfo) -> dict[str, Any]:
+    """A cluster as JSON-ready data."""
+    return {
+        "name": info.name, "namespace": info.namespace, "backend": info.backend, "owner": info.owner,
+        "team": info.team, "purpose": info.purpose, "gpu_pool": info.gpu_pool, "gpu_type": info.gpu_type,
+        "gpus_per_worker": info.gpus_per_worker, "workers_ready": info.workers_ready,
+        "workers_desired": info.workers_desired, "status": str(info.status), "reason": info.reason,
+        "created": info.created.isoformat(), "dashboard_url": info.dashboard_url, "labels": dict(info.labels),
+        "ttl_seconds": info.ttl_seconds,
+    }  # fmt: skip
+
+
+def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A rich table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def print_json(data: Any) -> None:
+    """Indented JSON on stdout."""
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def check_output(output: str, allowed: Sequence[str] = ("table", "json")) -> None:
+    """Exit 2 for an unknown -o value."""
+    if output not in allowed:
+        fail(f"--output {output!r} is not supported; use one of: {', '.join(allowed)}")

@@ -1,0 +1,215 @@
+"""`dml job`: submit Ray jobs (to a cluster, or on an ephemeral one), follow logs, status, stop, list.
+
+Job ids are `<cluster>_<hex>`, so `dml job logs ID` finds the cluster without another flag.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+import signal
+from typing import Annotated, Any
+
+import typer
+
+from discord_ml.cli.cluster_cmd import Cpu, Gpus, Image, Memory, Pool, Ttl, build_spec, create_and_wait
+from discord_ml.cli.common import Backend, Namespace, Output, check_output, fail, print_json, print_table, provider
+from discord_ml.cluster.spec import Purpose
+
+app = typer.Typer(help="Submit Ray jobs, follow their logs, inspect and stop them.", no_args_is_help=True)
+JobId = Annotated[str, typer.Argument(help="Job id as printed by `dml job submit` (<cluster>_<hex>).")]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--env {pair!r} is not KEY=VALUE; write e.g. --env WANDB_MODE=offline")
+        env[key] = value
+    return env
+
+
+def _client(cluster: str, namespace: str | None, backend: str | None) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    from discord_ml.cluster.provider import ClusterError
+
+    try:
+        connection = provider(backend).connect(cluster, namespace=namespace)
+    except ClusterError as exc:
+        fail(str(exc))
+    return JobSubmissionClient(connection.dashboard_url, headers=dict(connection.headers))
+
+
+def _cluster_of(job_id: str, cluster: str | None) -> str:
+    if cluster:
+        return cluster
+    name, sep, _ = job_id.rpartition("_")
+    if not sep or not name:
+        fail(f"job id {job_id!r} does not name its cluster; pass --cluster NAME")
+    return name
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(
+    ctx: typer.Context,
+    cluster: Annotated[str | None, typer.Option("--cluster", "-c", help="Run on this existing cluster.")] = None,
+    gpus: Gpus = None,
+    pool: Pool = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", help="Ephemeral cluster: worker replicas.")] = None,
+    memory: Memory = None,
+    cpu: Cpu = None,
+    image: Image = None,
+    ttl: Ttl = "4h",
+    working_dir: Annotated[
+        str | None, typer.Option("--working-dir", help="Directory uploaded as the job's cwd.")
+    ] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE for the job (repeatable).")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Stream logs until the job ends.")] = True,
+    namespace: Namespace = None,
+    backend: Backend = None,
+) -> None:
+    """Submit `-- COMMAND` as a Ray job and stream its logs; the exit code mirrors the job's.
+
+    With sizing flags instead of --cluster the cluster is ephemeral: created for the job and
+    deleted when it ends or on Ctrl-C.
+
+    Examples:
+      dml job submit --cluster ranking -- python train.py --epochs 3
+      dml job submit --gpus h100:8 --workers 4 --working-dir . -- python train.py
+    """
+    command = shlex.join(ctx.args)
+    if not command.strip():
+        fail("no command to run; put it after --, e.g. dml job submit --cluster NAME -- python train.py")
+    sizing = any(v is not None for v in (gpus, pool, workers, memory, cpu, image))
+    if cluster and sizing:
+        fail("give --cluster NAME or cluster sizing flags (--gpus/--pool/--workers...), not both")
+    if not cluster and not sizing:
+        fail(
+            "say where to run: --cluster NAME, or sizing flags such as --pool cpu --workers 2 for an ephemeral cluster"
+        )
+    job_env = _parse_env(env or [])
+    runtime_env: dict[str, Any] = {"env_vars": job_env} if job_env else {}
+    if working_dir:
+        runtime_env["working_dir"] = working_dir
+    if cluster:
+        raise typer.Exit(_run(cluster, namespace, backend, command, runtime_env, wait))
+    spec = build_spec(name=None, gpus=gpus, pool=pool, workers=workers or 1, memory=memory, cpu=cpu, image=image,
+                      namespace=namespace, ttl=ttl, purpose=Purpose.ADHOC)  # fmt: skip
+    clusters = provider(backend)
+    # SIGTERM too (a killed CI step, `timeout`): leave through the same teardown as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        create_and_wait(spec, backend=backend, wait=True, timeout_s=600)
+        code = _run(spec.cluster_name, spec.namespace, backend, command, runtime_env, wait=True)
+    finally:
+        typer.echo(f"deleting ephemeral cluster {spec.cluster_name}", err=True)
+        clusters.delete(spec.cluster_name, namespace=spec.namespace)
+    raise typer.Exit(code)
+
+
+def _run(cluster: str, namespace: str | None, backend: str | None, command: str, runtime_env: dict[str, Any],
+         wait: bool) -> int:  # fmt: skip
+    from discord_ml.cluster.provider import ClusterError
+    from discord_ml.jobs import submit_and_follow
+
+    try:
+        connection = provider(backend).connect(cluster, namespace=namespace)
+    except ClusterError as exc:
+        fail(str(exc))
+    job_id = f"{cluster}_{secrets.token_hex(4)}"
+    if not wait:
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(connection.dashboard_url, headers=dict(connection.headers))
+        client.submit_job(entrypoint=command, runtime_env=runtime_env or None, submission_id=job_id)
+        typer.echo(job_id)
+        return 0
+    typer.echo(f"job {job_id} on {cluster}: {connection.dashboard_url}/#/jobs/{job_id}", err=True)
+    outcome = submit_and_follow(connection.dashboard_url, entrypoint=command, headers=connection.headers,
+                                runtime_env=runtime_env or None, on_line=typer.echo, submission_id=job_id,
+                                raise_on_failure=False)  # fmt: skip
+    typer.echo(f"job {job_id} {outcome.status} in {outcome.duration_s:.1f}s", err=True)
+    if outcome.status == "SUCCEEDED":
+        return 0
+    return outcome.exit_code if outcome.exit_code not in (None, 0) else 1
+
+
+@app.command()
+def logs(
+    job_id: JobId,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming until the job ends.")] = False,
+    cluster: Annotated[str | None, typer.Option("--cluster", "-c", help="Cluster (default: from the job id).")] = None,
+    namespace: Namespace = None,
+    backend: Backend = None,
+) -> None:
+    """Print a job's logs (--follow to stream them)."""
+    client = _client(_cluster_of(job_id, cluster), namespace, backend)
+    if not follow:
+        typer.echo(client.get_job_logs(job_id), nl=False)
+        return
+    import asyncio
+
+    async def stream() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            typer.echo(chunk, nl=False)
+
+    asyncio.run(stream())
+
+
+@app.command()
+def status(
+    job_id: JobId,
+    cluster: Annotated[str | None, typer.Option("--cluster", "-c", help="Cluster (default: from the job id).")] = None,
+    namespace: Namespace = None,
+    output: Output = "table",
+    backend: Backend = None,
+) -> None:
+    """Show a job's status."""
+    check_output(output)
+    info = _client(_cluster_of(job_id, cluster), namespace, backend).get_job_info(job_id)
+    data = {"job_id": job_id, "status": str(info.status), "message": info.message, "entrypoint": info.entrypoint,
+            "exit_code": getattr(info, "driver_exit_code", None)}  # fmt: skip
+    if output == "json":
+        print_json(data)
+    else:
+        print_table(job_id, ["field", "value"], [[k, str(v)] for k, v in data.items()])
+
+
+@app.command()
+def stop(
+    job_id: JobId,
+    cluster: Annotated[str | None, typer.Option("--cluster", "-c", help="Cluster (default: from the job id).")] = None,
+    namespace: Namespace = None,
+    backend: Backend = None,
+) -> None:
+    """Stop a running job."""
+    stopped = _client(_cluster_of(job_id, cluster), namespace, backend).stop_job(job_id)
+    typer.echo(f"job {job_id} {'stopping' if stopped else 'was not running'}")
+
+
+@app.command("list")
+def list_(
+    cluster: Annotated[str, typer.Option("--cluster", "-c", help="Cluster whose jobs to list.")],
+    namespace: Namespace = None,
+    output: Output = "table",
+    backend: Backend = None,
+) -> None:
+    """List a cluster's jobs."""
+    check_output(output)
+    jobs = _client(cluster, namespace, backend).list_jobs()
+    rows = [{"job_id": j.submission_id, "status": str(j.status), "entrypoint": j.entrypoint,
+             "start_time": j.start_time, "end_time": j.end_time} for j in jobs]  # fmt: skip
+    if output == "json":
+        print_json(rows)
+    else:
+        print_table(
+            cluster,
+            ["job id", "status", "entrypoint"],
+            [[str(r["job_id"]), r["status"], r["entrypoint"]] for r in rows],
+        )
