@@ -191,3 +191,42 @@ def test_kuberay_create_list_all_namespaces_delete(runner: CliRunner, kube: Kube
     assert pending["status"] == "pending" and "FailedScheduling" in pending["reason"]
     assert runner.invoke(app, ["cluster", "delete", "kr-a", "-n", "team-a", "--yes", "-b", "kuberay"]).exit_code == 0
     assert kube.ray_clusters() == ["kr-b"]
+
+
+@pytest.mark.slow
+def test_notebook_runs_jupyterlab_attached_to_the_cluster() -> None:
+    import urllib.request
+
+    from discord_ml.cluster.processes import free_ports
+
+    provider = LocalRayProvider()
+    provider.create(ClusterSpec.build(name="cli-nb", owner="alice", workers=0, head_memory="1Gi"))
+    [port] = free_ports(1)
+    proc = subprocess.Popen([*DML, "notebook", "cli-nb", "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "JupyterLab attached to cli-nb (127.0.0.1:" in first
+        url = first.strip().rsplit(" ", 1)[-1]
+        token = url.split("token=")[1]
+        deadline, status = time.monotonic() + 90, None
+        while time.monotonic() < deadline and status is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=5) as r:
+                    status = r.status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200, "JupyterLab did not answer"
+        # The server (and so every kernel it starts) has the cluster's address and token.
+        [server] = processes_using(f"--port={port}")
+        environ = dict(
+            item.split("=", 1) for item in Path(f"/proc/{server}/environ").read_text().split("\0") if "=" in item
+        )
+        connection = provider.connect("cli-nb")
+        assert environ["RAY_ADDRESS"] == connection.address
+        assert f"Bearer {environ['RAY_AUTH_TOKEN']}" == connection.headers["Authorization"]
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        provider.delete("cli-nb")
