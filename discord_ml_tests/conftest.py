@@ -11,6 +11,8 @@ import pytest
 
 from discord_ml.cluster.local import LocalRayCluster
 from discord_ml.cluster.spec import ClusterSpec
+from discord_ml_tests.support.k8s_emulator import KubeEmulator, serve
+from discord_ml_tests.support.schemas import require_crds
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,6 +39,16 @@ def local_cluster() -> Iterator[LocalRayCluster]:
     spec = ClusterSpec.build(name="test-session", owner="pytest", workers=2, head_memory="2Gi", ttl="1h")
     with LocalRayCluster(spec) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def kuberay_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeEmulator]:
+    """The Kubernetes API emulator, with the kuberay backend pointed at it as a user would (KUBECONFIG)."""
+    require_crds()
+    with serve(tmp_path) as (emulator, kubeconfig):
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        monkeypatch.setenv("DML_KUBERAY_DASHBOARD", "service-ip")
+        yield emulator
 
 
 @pytest.fixture

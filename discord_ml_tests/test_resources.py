@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,7 @@ from discord_ml.cluster.processes import processes_using
 from discord_ml.definitions import defs
 from discord_ml.resources import cluster_name_for_run
 from discord_ml_tests.support.dagster_jobs import MARKER, failing_job
-from discord_ml_tests.support.k8s_emulator import KubeEmulator, serve
-from discord_ml_tests.support.schemas import require_crds
+from discord_ml_tests.support.k8s_emulator import KubeEmulator
 
 pytestmark = pytest.mark.slow
 
@@ -148,16 +146,6 @@ def test_terminated_run_stops_its_ray_job_and_deletes_the_cluster(tmp_path: Path
         if worker.poll() is None:
             worker.kill()
         instance.dispose()
-
-
-@pytest.fixture
-def kuberay_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeEmulator]:
-    """The API emulator, with the kuberay backend pointed at it the way a user would (KUBECONFIG)."""
-    require_crds()
-    with serve(tmp_path) as (emulator, kubeconfig):
-        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-        monkeypatch.setenv("DML_KUBERAY_DASHBOARD", "service-ip")
-        yield emulator
 
 
 def test_kuberay_run_end_to_end(dagster_instance: dg.DagsterInstance, kuberay_api: KubeEmulator) -> None:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,7 @@ from discord_ml.cluster.local import cluster_dir_prefix
 from discord_ml.cluster.local_provider import LocalRayProvider
 from discord_ml.cluster.processes import processes_using
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml_tests.support.k8s_emulator import KubeEmulator, serve
-from discord_ml_tests.support.schemas import require_crds
+from discord_ml_tests.support.k8s_emulator import KubeEmulator
 
 DML = [str(Path(sys.executable).parent / "dml")]
 HEAVY = ("ray", "torch", "kubernetes", "xgboost", "dagster")
@@ -163,17 +161,9 @@ def test_fast_paths_import_no_heavy_library(argv: list[str]) -> None:
     assert out.stdout.strip().splitlines()[-1] == "HEAVY []"
 
 
-@pytest.fixture
-def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeEmulator]:
-    require_crds()
-    with serve(tmp_path) as (emulator, kubeconfig):
-        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-        monkeypatch.setenv("DML_KUBERAY_DASHBOARD", "service-ip")
-        emulator.default_mode = "pending"  # no Ray needed to check what the CLI applies
-        yield emulator
-
-
-def test_kuberay_create_list_all_namespaces_delete(runner: CliRunner, kube: KubeEmulator) -> None:
+def test_kuberay_create_list_all_namespaces_delete(runner: CliRunner, kuberay_api: KubeEmulator) -> None:
+    kube = kuberay_api
+    kube.default_mode = "pending"  # no Ray needed to check what the CLI applies
     for name, namespace in (("kr-a", "team-a"), ("kr-b", "team-b")):
         result = runner.invoke(app, ["cluster", "create", name, "-n", namespace, "--gpus", "t4:1", "--no-wait",
                                      "--backend", "kuberay"])  # fmt: skip
