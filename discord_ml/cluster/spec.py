@@ -321,11 +321,6 @@ def format_validation_error(exc: ValidationError) -> str:
     return "invalid cluster spec: " + "; ".join(lines)
 
 
-def worker_memory_bytes(spec: ClusterSpec) -> int:
-    """Worker memory in bytes."""
-    return int(parse_quantity(spec.worker_memory or "0"))
-
-
 def normalized_cpu(value: str) -> str:
     """A CPU quantity in canonical form (`2`, `500m`)."""
     return format_cpu(parse_quantity(value))
