@@ -120,6 +120,11 @@ def submit_and_follow(
     return outcome
 
 
+def job_url(dashboard_url: str, job_id: str) -> str:
+    """The Ray dashboard page of a job."""
+    return f"{dashboard_url}/#/jobs/{job_id}"
+
+
 def _stop_quietly(client: Any, job_id: str) -> None:
     try:
         client.stop_job(job_id)

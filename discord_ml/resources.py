@@ -17,7 +17,7 @@ from discord_ml.cluster.backends import get_provider
 from discord_ml.cluster.names import sanitize_label_value
 from discord_ml.cluster.provider import ClusterConnection, ClusterProvider
 from discord_ml.cluster.spec import ClusterSpec, Purpose
-from discord_ml.jobs import RayJobFailedError, submit_and_follow
+from discord_ml.jobs import RayJobFailedError, job_url, submit_and_follow
 from discord_ml.pipes import PipesRayJobLogReader
 
 
@@ -173,7 +173,7 @@ class RayClusterResource(dg.ConfigurableResource):
                     runtime_env={**base, "env_vars": env_vars},
                     on_line=on_line,
                     on_submitted=lambda job_id: context.log.info(
-                        f"submitted Ray job {job_id}: {connection.dashboard_url}/#/jobs/{job_id}"
+                        f"submitted Ray job {job_id}: {job_url(connection.dashboard_url, job_id)}"
                     ),
                 )
             except RayJobFailedError as exc:
@@ -186,7 +186,7 @@ class RayClusterResource(dg.ConfigurableResource):
                 ) from None
         extra = {
             "ray_job_id": outcome.job_id,
-            "ray_dashboard": dg.MetadataValue.url(f"{connection.dashboard_url}/#/jobs/{outcome.job_id}"),
+            "ray_dashboard": dg.MetadataValue.url(job_url(connection.dashboard_url, outcome.job_id)),
             "ray_cluster": self.cluster_name,
             "ray_job_seconds": dg.MetadataValue.float(round(outcome.duration_s, 2)),
         }

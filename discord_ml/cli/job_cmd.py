@@ -34,16 +34,24 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def _client(cluster: str, namespace: str | None, backend: str | None) -> Any:
-    from ray.job_submission import JobSubmissionClient
-
+def _connect(cluster: str, namespace: str | None, backend: str | None) -> Any:
+    """The cluster's ClusterConnection, or exit 2 naming why it cannot be reached."""
     from discord_ml.cluster.provider import ClusterError
 
     try:
-        connection = provider(backend).connect(cluster, namespace=namespace)
+        return provider(backend).connect(cluster, namespace=namespace)
     except ClusterError as exc:
         fail(str(exc))
+
+
+def _job_client(connection: Any) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
     return JobSubmissionClient(connection.dashboard_url, headers=dict(connection.headers))
+
+
+def _client(cluster: str, namespace: str | None, backend: str | None) -> Any:
+    return _job_client(_connect(cluster, namespace, backend))
 
 
 def _cluster_of(job_id: str, cluster: str | None) -> str:
@@ -115,22 +123,15 @@ def submit(
 
 def _run(cluster: str, namespace: str | None, backend: str | None, command: str, runtime_env: dict[str, Any],
          wait: bool) -> int:  # fmt: skip
-    from discord_ml.cluster.provider import ClusterError
-    from discord_ml.jobs import submit_and_follow
+    from discord_ml.jobs import job_url, submit_and_follow
 
-    try:
-        connection = provider(backend).connect(cluster, namespace=namespace)
-    except ClusterError as exc:
-        fail(str(exc))
+    connection = _connect(cluster, namespace, backend)
     job_id = f"{cluster}_{secrets.token_hex(4)}"
     if not wait:
-        from ray.job_submission import JobSubmissionClient
-
-        client = JobSubmissionClient(connection.dashboard_url, headers=dict(connection.headers))
-        client.submit_job(entrypoint=command, runtime_env=runtime_env or None, submission_id=job_id)
+        _job_client(connection).submit_job(entrypoint=command, runtime_env=runtime_env or None, submission_id=job_id)
         typer.echo(job_id)
         return 0
-    typer.echo(f"job {job_id} on {cluster}: {connection.dashboard_url}/#/jobs/{job_id}", err=True)
+    typer.echo(f"job {job_id} on {cluster}: {job_url(connection.dashboard_url, job_id)}", err=True)
     outcome = submit_and_follow(connection.dashboard_url, entrypoint=command, headers=connection.headers,
                                 runtime_env=runtime_env or None, on_line=typer.echo, submission_id=job_id,
                                 raise_on_failure=False)  # fmt: skip

@@ -143,7 +143,7 @@ class KubeRayProvider:
         info = self._info(obj)
         if info.status == ClusterStatus.PENDING:
             reason = self._pending_reason(namespace, name)
-            info = _replace(info, reason=reason or info.reason)
+            info = dataclasses.replace(info, reason=reason or info.reason)
         return info
 
     def list(self, selector: Mapping[str, str] | None = None, *, namespace: str | None = None) -> list[ClusterInfo]:
@@ -279,10 +279,6 @@ def _api_error(exc: Any) -> ClusterError:
     if exc.status == 409:
         return ClusterExistsError(message)
     return ClusterError(f"Kubernetes API refused the request ({exc.status}): {message}")
-
-
-def _replace(info: ClusterInfo, **changes: Any) -> ClusterInfo:
-    return dataclasses.replace(info, **changes)
 
 
 def _timestamp(value: str | None) -> datetime:

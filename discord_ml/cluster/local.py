@@ -29,8 +29,8 @@ from typing import Any
 from discord_ml.cluster.processes import (
     LOCALHOST,
     free_ports,
-    group_alive,
     is_ours,
+    live_groups,
     pid_alive,
     processes_using,
     signal_group,
@@ -164,7 +164,7 @@ class LocalRayCluster:
         for pgid in groups:
             signal_group(pgid, signal.SIGTERM)
         end = time.monotonic() + grace
-        while time.monotonic() < end and any(group_alive(g) for g in groups):
+        while time.monotonic() < end and live_groups(groups):
             time.sleep(0.1)
         for pgid in groups:
             signal_group(pgid, signal.SIGKILL)

@@ -94,14 +94,7 @@ class LocalRayProvider:
         Raises:
             ClusterNotFoundError: no such local cluster.
         """
-        namespace = namespace or get_settings().default_namespace
-        record = self.registry.get(namespace, name)
-        if record is None:
-            known = ", ".join(r.name for r in self.registry.all(namespace)) or "none"
-            raise ClusterNotFoundError(
-                f"no local cluster {name!r} in namespace {namespace!r} (clusters there: {known}; see dml cluster list)"
-            )
-        return self._info(record)
+        return self._info(self._record(name, namespace))
 
     def list(self, selector: Mapping[str, str] | None = None, *, namespace: str | None = None) -> list[ClusterInfo]:
         """Local clusters whose labels include `selector`."""
@@ -119,15 +112,24 @@ class LocalRayProvider:
 
     def connect(self, name: str, *, namespace: str | None = None) -> ClusterConnection:
         """Dashboard URL, auth headers and GCS address of a local cluster."""
-        namespace = namespace or get_settings().default_namespace
-        info = self.get(name, namespace=namespace)
-        record = self.registry.get(namespace, name)
-        if record is None or info.dashboard_url is None or info.status != ClusterStatus.READY:
+        record = self._record(name, namespace)
+        info = self._info(record)
+        if info.dashboard_url is None or info.status != ClusterStatus.READY:
             raise ClusterNotReadyError(f"cluster {name!r} is {info.status}: {info.reason}")
         cluster = self._handle(record)
         return ClusterConnection(info.dashboard_url, cluster.auth_headers(), cluster.address)
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _record(self, name: str, namespace: str | None) -> ClusterRecord:
+        namespace = namespace or get_settings().default_namespace
+        record = self.registry.get(namespace, name)
+        if record is None:
+            known = ", ".join(r.name for r in self.registry.all(namespace)) or "none"
+            raise ClusterNotFoundError(
+                f"no local cluster {name!r} in namespace {namespace!r} (clusters there: {known}; see dml cluster list)"
+            )
+        return record
 
     def _handle(self, record: ClusterRecord) -> LocalRayCluster:
         spec = ClusterSpec.model_validate(record.spec)
@@ -135,9 +137,10 @@ class LocalRayProvider:
                                       dashboard_port=record.dashboard_port, nodes=record.nodes)  # fmt: skip
 
     def _info(self, record: ClusterRecord) -> ClusterInfo:
-        spec = ClusterSpec.model_validate(record.spec)
+        cluster = self._handle(record)
+        spec = cluster.spec
         pool = spec.pool()
-        live = self._handle(record).live_nodes()
+        live = cluster.live_nodes()
         head_alive = live.get("head", False)
         workers_ready = sum(1 for role, alive in live.items() if role != "head" and alive)
         if record.state == "starting":
@@ -165,7 +168,7 @@ class LocalRayProvider:
             status=status,
             reason=reason,
             created=record.created,
-            dashboard_url=f"http://127.0.0.1:{record.dashboard_port}" if record.dashboard_port else None,
+            dashboard_url=cluster.dashboard_url if record.dashboard_port else None,
             labels=cluster_labels(spec, pool),
             ttl_seconds=spec.ttl_seconds,
         )

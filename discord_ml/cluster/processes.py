@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 LOCALHOST = "127.0.0.1"
@@ -49,19 +50,21 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def _cmdline(pid: int | str) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+
+
 def processes_using(marker: str) -> list[int]:
     """PIDs whose command line mentions `marker` (a cluster's unique temp dir)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            pids.append(int(entry.name))
-    return pids
+    me = os.getpid()
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and int(entry.name) != me and marker in (_cmdline(entry.name) or "")
+    ]
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
@@ -80,14 +83,22 @@ def pid_alive(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any live process remains in process group `pgid`."""
+def live_groups(pgids: Iterable[int]) -> set[int]:
+    """Which of `pgids` still have a live process (one pass over /proc for all of them)."""
+    wanted, live = set(pgids), set()
+    if not wanted:
+        return live
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[1] == pgid and stat[0] != "Z":
-                return True
-    return False
+            if stat is not None and stat[1] in wanted and stat[0] != "Z":
+                live.add(stat[1])
+    return live
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live process remains in process group `pgid`."""
+    return bool(live_groups([pgid]))
 
 
 _TRAMPOLINE = (
@@ -118,17 +129,15 @@ def signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def is_ours(pid: int, markers: tuple[str, ...]) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
-    return any(marker in cmdline for marker in markers)
+    """Whether `pid`'s command line mentions one of `markers` (it is still the process we started)."""
+    cmdline = _cmdline(pid)
+    return cmdline is not None and any(marker in cmdline for marker in markers)
 
 
 def wait_gone(groups: list[int], marker: str, timeout: float = 10.0) -> None:
     """Block until the process groups and every process using `marker` have exited."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if not processes_using(marker) and not any(group_alive(g) for g in groups):
+        if not live_groups(groups) and not processes_using(marker):
             return
         time.sleep(0.1)
