@@ -1,15 +1,26 @@
-"""Schedules and sensors. The sweeper deletes Ray clusters whose Dagster run is over (a crashed run
-worker never reached its teardown) or that outlived their TTL, and says what it deleted."""
+"""Schedules and sensors.
 
+- The sweeper deletes Ray clusters whose Dagster run is over (a crashed run worker never reached its
+  teardown) or that outlived their TTL, and says what it deleted.
+- The landing sensor starts prep for every newly landed day, then the retrain of the newest day
+  once its whole window has features; the daily schedule retrains on the latest complete window.
+"""
+
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG as RANGE_END
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG as RANGE_START
 
+from discord_ml.assets.quests import DataLakeResource, quests_prep_job, quests_retrain_job
 from discord_ml.cluster.backends import get_provider
 from discord_ml.cluster.manifests import MANAGED_BY
 from discord_ml.cluster.provider import ClusterInfo, ClusterProvider
+from discord_ml.config import TrainConfig
+from discord_ml.lake import Lake, date_str
 from discord_ml.resources import RayClusterResource
 
 FINISHED = frozenset({dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED})
@@ -85,3 +96,96 @@ def ray_cluster_sweeper(context: dg.SensorEvaluationContext, ray_cluster: RayClu
     if not actions:
         return dg.SkipReason("no orphaned or expired Ray clusters")
     return dg.SkipReason(f"deleted {len(actions)} Ray cluster(s): " + "; ".join(str(a) for a in actions))
+
+
+# --- the quests pipeline ----------------------------------------------------------------------
+
+
+def window_ready(lake: Lake, day: date, window: int) -> list[date]:
+    """Days of the window ending at `day` that still lack features (empty: ready to train)."""
+    days = [day - timedelta(days=i) for i in range(window)]
+    return sorted(d for d in days if not lake.complete(lake.features_dir(d)))
+
+
+def contiguous(days: list[date]) -> list[list[date]]:
+    """Sorted days split into runs of consecutive days."""
+    blocks: list[list[date]] = []
+    for day in days:
+        if blocks and day - blocks[-1][-1] == timedelta(days=1):
+            blocks[-1].append(day)
+        else:
+            blocks.append([day])
+    return blocks
+
+
+@dataclass
+class LandingPlan:
+    """What one sensor tick decided."""
+
+    prep: list[date]
+    retrain: date | None
+    cursor: dict[str, str | None]
+    skip: str | None
+
+
+def plan_landing(lake: Lake, cursor: dict[str, str | None], window: int) -> LandingPlan:
+    """Prep the days landed since the cursor; retrain the newest day once its window is prepped."""
+    landed = lake.landed_days()
+    seen = cursor.get("landed")
+    new = [d for d in landed if seen is None or date_str(d) > seen]
+    next_cursor = {**cursor, "landed": date_str(landed[-1]) if landed else seen}
+    retrain = None
+    skip = None
+    if landed and (cursor.get("retrained") or "") < date_str(landed[-1]):
+        missing = window_ready(lake, landed[-1], window)
+        if not missing:
+            retrain = landed[-1]
+            next_cursor["retrained"] = date_str(retrain)
+        elif not new:
+            skip = (f"waiting for features of {', '.join(map(date_str, missing))} before retraining "
+                    f"{date_str(landed[-1])} (data_window {window})")  # fmt: skip
+    if not new and retrain is None and skip is None:
+        skip = f"no newly landed day (latest landed: {date_str(landed[-1]) if landed else 'none'})"
+    return LandingPlan(new, retrain, next_cursor, skip)
+
+
+@dg.sensor(
+    jobs=[quests_prep_job, quests_retrain_job],
+    minimum_interval_seconds=60,
+    description="Starts prep when a day's completion marker lands, then the retrain once the window is prepped.",
+)
+def landed_impressions_sensor(
+    context: dg.SensorEvaluationContext, data: DataLakeResource
+) -> dg.SensorResult | dg.SkipReason:
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    plan = plan_landing(data.lake(), cursor, TrainConfig().data_window)
+    requests = []
+    for block in contiguous(plan.prep):  # a block of days in one run (prep is single-run): one cluster, not N
+        first, last = date_str(block[0]), date_str(block[-1])
+        tags = {RANGE_START: first, RANGE_END: last}
+        requests.append(dg.RunRequest(run_key=f"prep-{first}..{last}", job_name="quests_prep", tags=tags))
+    if plan.retrain is not None:
+        day = date_str(plan.retrain)
+        requests.append(dg.RunRequest(run_key=f"retrain-{day}", partition_key=day, job_name="quests_retrain"))
+    if not requests:
+        context.update_cursor(json.dumps(plan.cursor))
+        return dg.SkipReason(plan.skip or "nothing to do")
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(plan.cursor))
+
+
+@dg.schedule(
+    cron_schedule="0 4 * * *",
+    job=quests_retrain_job,
+    execution_timezone="UTC",
+    description="Daily retrain on the latest window whose days all have features.",
+)
+def daily_retrain_schedule(
+    context: dg.ScheduleEvaluationContext, data: DataLakeResource
+) -> dg.RunRequest | dg.SkipReason:
+    lake = data.lake()
+    window = TrainConfig().data_window
+    for day in reversed(lake.landed_days()):
+        if not window_ready(lake, day, window):
+            tick = (context.scheduled_execution_time or datetime.now(UTC)).strftime("%Y-%m-%d")
+            return dg.RunRequest(run_key=f"scheduled-{tick}-{date_str(day)}", partition_key=date_str(day))
+    return dg.SkipReason(f"no landed day has features for a whole {window}-day window yet")

@@ -3,12 +3,21 @@
 import dagster as dg
 
 from discord_ml.assets.platform import platform_check_job, ray_cluster_check
-from discord_ml.automation import ray_cluster_sweeper
+from discord_ml.assets.quests import (
+    QUESTS_ASSETS,
+    DataLakeResource,
+    quests_daily_job,
+    quests_prep_job,
+    quests_retrain_job,
+    raw_impressions,
+)
+from discord_ml.automation import daily_retrain_schedule, landed_impressions_sensor, ray_cluster_sweeper
 from discord_ml.resources import RayClusterResource
 
 defs = dg.Definitions(
-    assets=[ray_cluster_check],
-    jobs=[platform_check_job],
-    sensors=[ray_cluster_sweeper],
-    resources={"ray_cluster": RayClusterResource()},
+    assets=[ray_cluster_check, raw_impressions, *QUESTS_ASSETS],
+    jobs=[platform_check_job, quests_prep_job, quests_retrain_job, quests_daily_job],
+    schedules=[daily_retrain_schedule],
+    sensors=[ray_cluster_sweeper, landed_impressions_sensor],
+    resources={"ray_cluster": RayClusterResource(), "data": DataLakeResource()},
 )

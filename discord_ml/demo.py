@@ -1,38 +1,125 @@
-"""The README's main command: run the platform's job on the embedded local backend and print results.
+"""The README's main command: the daily quests pipeline end to end on the embedded local backend.
 
-Runs against the project's Dagster instance (`DAGSTER_HOME`), so the run also shows in `dagster dev`.
+1. A fresh synthetic world lands `--days` days of impressions (under `$DML_HOME/demo`, wiped first;
+   never `DML_DATA_ROOT`, which may hold real data).
+2. The landing sensor is ticked like the daemon would: it asks for a prep run per landed day,
+   then, once the window has features, a retrain run (train → evaluate → promote → score).
+3. Every requested run executes on the project's Dagster instance (`DAGSTER_HOME`), each on its own
+   local Ray cluster, so the runs also show in `dagster dev`; the evaluation table is printed.
 """
 
-from __future__ import annotations
-
+import argparse
+import os
+import shutil
 import sys
+import time
+from typing import Any
 
 import dagster as dg
 
-from discord_ml.definitions import defs
+from discord_ml.lake import Lake
+from discord_ml.settings import get_settings
 
-JOB = "platform_check"
+# Small enough for about five minutes on two cores; `--full` is the benchmark's size.
+SMALL_WORLD: dict[str, Any] = {"users": 2000, "quests": 300, "impressions_per_day": 60_000, "requests_per_day": 2000}
+FULL_WORLD: dict[str, Any] = {"users": 10_000, "quests": 600, "impressions_per_day": 250_000}
 
 
-def main() -> int:
-    instance = dg.DagsterInstance.get()
-    job = defs.resolve_job_def(JOB)
-    print(f"running Dagster job {JOB!r} (instance: {instance.root_directory})", flush=True)
-    # INFO keeps the Ray job's own lines visible without Dagster's per-event DEBUG records.
-    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
-    print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
+def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
-        print(f"\nasset {materialization.asset_key.to_user_string()}:")
-        for key, value in materialization.metadata.items():
-            print(f"  {key:<20} {value.value}")
-    if not result.success:
-        for event in result.all_events:
-            if event.event_type == dg.DagsterEventType.STEP_FAILURE:
-                error = event.step_failure_data.error
-                print(error.to_string() if error else event.message, file=sys.stderr)
-    return 0 if result.success else 1
+        if materialization.asset_key.to_user_string() == asset:
+            return {k: v.value for k, v in materialization.metadata.items()}
+    return {}
+
+
+def _failures(result: dg.ExecuteInProcessResult) -> list[str]:
+    messages = []
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            error = event.step_failure_data.error
+            messages.append(error.message.strip() if error else str(event.message))
+    return messages
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--days", type=int, default=4, help="days to land (the training window is 4 days)")
+    parser.add_argument("--full", action="store_true", help="benchmark-size world: 250k impressions a day")
+    args = parser.parse_args(argv)
+
+    root = get_settings().home / "demo"
+    shutil.rmtree(root, ignore_errors=True)
+    os.environ["DML_DATA_ROOT"] = str(root)
+    get_settings.cache_clear()
+
+    from discord_ml.assets.quests import DataLakeResource
+    from discord_ml.automation import landed_impressions_sensor
+    from discord_ml.definitions import defs
+    from discord_ml.ml.world import WorldConfig, generate
+
+    started = time.monotonic()
+    world = WorldConfig(**(FULL_WORLD if args.full else SMALL_WORLD))
+    for day in generate(Lake(str(root)), days=args.days, config=world):
+        print(f"landed {day['date']}: {day['impressions']} impressions, {day['requests']} requests for the next day")
+
+    instance = dg.DagsterInstance.get()
+    print(f"Dagster instance: {instance.root_directory}", flush=True)
+    run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    cursor: str | None = None
+    outcomes: dict[str, dg.ExecuteInProcessResult] = {}
+    while True:
+        with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"data": DataLakeResource()}) as ctx:
+            tick = landed_impressions_sensor(ctx)
+            cursor = ctx.cursor
+        if isinstance(tick, dg.SkipReason) or tick is None:
+            print(f"sensor: {tick.skip_message if tick else 'nothing to do'}")
+            break
+        assert isinstance(tick, dg.SensorResult)
+        cursor = tick.cursor
+        for request in tick.run_requests or []:
+            assert isinstance(request, dg.RunRequest) and request.job_name
+            print(f"\nsensor → {request.job_name} ({request.run_key})", flush=True)
+            result = defs.resolve_job_def(request.job_name).execute_in_process(
+                instance=instance, partition_key=request.partition_key, run_config=run_config,
+                tags=request.tags, raise_on_error=False,
+            )  # fmt: skip
+            outcomes[request.run_key or request.job_name] = result
+            print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}", flush=True)
+            for message in _failures(result):
+                print(f"  failed: {message}", file=sys.stderr)
+    return _report(outcomes, time.monotonic() - started)
+
+
+def _report(outcomes: dict[str, dg.ExecuteInProcessResult], seconds: float) -> int:
+    print("\n=== results ===")
+    for key, result in outcomes.items():
+        if key.startswith("prep-"):
+            meta = _metadata(result, "quest_features")
+            print(f"{key}: {meta.get('rows_valid')} feature rows, {meta.get('rows_quarantined')} quarantined "
+                  f"{meta.get('quarantine_reasons')}")  # fmt: skip
+    retrains = [r for k, r in outcomes.items() if k.startswith("retrain-")]
+    for result in retrains:
+        train, evaluation = _metadata(result, "ranking_model"), _metadata(result, "model_evaluation")
+        print(f"\ntrained {train.get('model_version')} on {train.get('data_window')} "
+              f"(held out {train.get('holdout_day')}): valid AUC {train.get('valid_auc')}")  # fmt: skip
+        print(f"FSDP2 shards of the user embedding table: {train.get('embedding_shards')}")
+        if evaluation:
+            print(f"\nevaluation on {evaluation.get('holdout_day')}:\n{evaluation.get('quality')}")
+        for check in result.get_asset_check_evaluations():
+            meta = {k: v.value for k, v in check.metadata.items()}
+            print(f"\ncheck {check.check_name}: {'PASSED' if check.passed else 'FAILED'}: {meta.get('reason')}")
+        production, recommendations = _metadata(result, "production_model"), _metadata(result, "quest_recommendations")
+        if production:
+            print(f"production model: {production.get('production')} (was {production.get('previous')})")
+        if recommendations:
+            r = recommendations
+            print(f"recommendations for {r.get('serving_day')}: {r.get('requests')} requests, coverage "
+                  f"{r.get('coverage'):.1%}, top {r.get('top_k')}, {r.get('rows_per_s')} rows/s → "
+                  f"{r.get('recommendations_path')}")  # fmt: skip
+    ok = bool(outcomes) and all(r.success for r in outcomes.values()) and bool(retrains)
+    print(f"\n{'SUCCESS' if ok else 'FAILURE'}: {len(outcomes)} runs in {seconds:.0f}s")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

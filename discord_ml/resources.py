@@ -1,8 +1,9 @@
 """`RayClusterResource`: one Ray cluster per Dagster run, jobs submitted through the Ray Jobs API,
 every log line streamed into the run, Pipes results returned, the cluster always cleaned up.
 
-Jobs using it run with the in-process executor, so that every step of a run shares the cluster
-created when the run starts and deleted when it ends (success, failure or termination).
+Jobs using it run with the in-process executor, so that every step of a run shares the cluster,
+created by the first step that submits a job (after that step validated its config and inputs)
+and deleted when the run ends (success, failure or termination).
 """
 
 import getpass
@@ -55,18 +56,30 @@ class RayClusterResource(dg.ConfigurableResource):
     _provider: ClusterProvider | None = PrivateAttr(default=None)
     _spec: ClusterSpec | None = PrivateAttr(default=None)
     _connection: ClusterConnection | None = PrivateAttr(default=None)
+    _run: dict[str, str] = PrivateAttr(default_factory=dict)
+    _created: int = PrivateAttr(default=0)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def cluster_spec(self, *, run_id: str, job_name: str, owner: str | None = None) -> ClusterSpec:
-        """The spec of the run's cluster; validation errors surface before anything is created."""
+    def cluster_spec(
+        self,
+        *,
+        run_id: str,
+        job_name: str,
+        owner: str | None = None,
+        gpu_pool: str | None = None,
+        workers: int | None = None,
+        name: str | None = None,
+    ) -> ClusterSpec:
+        """The spec of the run's cluster (`gpu_pool`/`workers` override the resource's config);
+        validation errors surface before anything is created."""
         fields: dict[str, Any] = {
-            "name": cluster_name_for_run(job_name, run_id),
+            "name": name or cluster_name_for_run(job_name, run_id),
             "owner": sanitize_label_value(owner or getpass.getuser()),
             "team": self.team,
             "purpose": Purpose.TRAIN,
-            "gpu_pool": self.gpu_pool,
-            "workers": self.workers,
+            "gpu_pool": gpu_pool or self.gpu_pool,
+            "workers": self.workers if workers is None else workers,
             "head_memory": self.head_memory,
             "ttl": self.ttl,
             "dagster_run_id": run_id,
@@ -80,12 +93,40 @@ class RayClusterResource(dg.ConfigurableResource):
         run = context.run
         if run is None:  # a sensor or schedule reading the config: no cluster to provision
             return
-        spec = self.cluster_spec(run_id=run.run_id, job_name=run.job_name, owner=run.tags.get("dagster/user"))
-        provider = get_provider(self.backend)
-        log = context.log
-        assert log is not None
+        self._run = {"run_id": run.run_id, "job_name": run.job_name, "owner": run.tags.get("dagster/user") or ""}
+        # The cluster itself is created by the first step that needs it (`ensure_cluster`), after
+        # that step has validated its own config and inputs; the resource's config fails here.
+        self.cluster_spec(run_id=run.run_id, job_name=run.job_name, owner=self._run["owner"])
+
+    def ensure_cluster(
+        self, log: dg.DagsterLogManager, *, gpu_pool: str | None = None, workers: int | None = None
+    ) -> ClusterConnection:
+        """The run's cluster, created on first use; a step asking for another pool or size gets a
+        new one (the previous cluster is deleted first)."""
+        if not self._run:
+            raise dg.DagsterInvariantViolationError("the Ray cluster resource is only usable inside a run")
+        run = self._run
+        wanted = self.cluster_spec(run_id=run["run_id"], job_name=run["job_name"], owner=run["owner"],
+                                   gpu_pool=gpu_pool, workers=workers)  # fmt: skip
+        if self._spec is not None and self._connection is not None:
+            current = self._spec
+            if (current.gpu_pool, current.gpus_per_worker, current.workers) == (
+                wanted.gpu_pool, wanted.gpus_per_worker, wanted.workers):  # fmt: skip
+                return self._connection
+            log.info(f"step needs {wanted.gpu_pool} x {wanted.workers} workers: replacing {current.cluster_name}")
+            self._delete(log)
+        if self._created:
+            wanted = self.cluster_spec(run_id=run["run_id"], job_name=run["job_name"], owner=run["owner"],
+                                       gpu_pool=gpu_pool, workers=workers,
+                                       name=f"{wanted.cluster_name}-{self._created + 1}")  # fmt: skip
+        self._create(wanted, log)
+        assert self._connection is not None
+        return self._connection
+
+    def _create(self, spec: ClusterSpec, log: dg.DagsterLogManager) -> None:
+        provider = self._provider or get_provider(self.backend)
         log.info(f"creating Ray cluster {spec.cluster_name} ({self.backend}, {spec.gpu_pool} x {spec.workers} workers)")
-        self._provider, self._spec = provider, spec
+        self._provider, self._spec, self._created = provider, spec, self._created + 1
         try:
             provider.create(spec)
             info = provider.wait_ready(
@@ -102,33 +143,32 @@ class RayClusterResource(dg.ConfigurableResource):
             raise
         log.info(f"Ray cluster {info.name} ready: dashboard {info.dashboard_url}")
 
+    def _delete(self, log: dg.DagsterLogManager | None) -> None:
+        if self._provider is None or self._spec is None:
+            return
+        name = self._spec.cluster_name
+        self._provider.delete(name, namespace=self._spec.namespace)
+        self._spec, self._connection = None, None
+        if log is not None:
+            log.info(f"deleted Ray cluster {name}")
+
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._provider is None or self._spec is None:
             return
-        name, namespace = self._spec.cluster_name, self._spec.namespace
         failed = _run_has_failures(context)
         keep = self.cleanup == CleanupPolicy.NEVER or (self.cleanup == CleanupPolicy.ON_FAILURE_KEEP and failed)
         if keep:
             if context.log is not None:
-                context.log.warning(f"keeping Ray cluster {name} (cleanup={self.cleanup}); delete it with: "
-                                    f"dml cluster delete {name}")  # fmt: skip
+                context.log.warning(f"keeping Ray cluster {self._spec.cluster_name} (cleanup={self.cleanup}); "
+                                    f"delete it with: dml cluster delete {self._spec.cluster_name}")  # fmt: skip
             return
-        self._provider.delete(name, namespace=namespace)
-        if context.log is not None:
-            context.log.info(f"deleted Ray cluster {name}")
+        self._delete(context.log)
 
     # --- running jobs -------------------------------------------------------------------------
 
     @property
-    def connection(self) -> ClusterConnection:
-        """Dashboard URL and auth headers of the run's cluster."""
-        if self._connection is None:
-            raise dg.DagsterInvariantViolationError("the Ray cluster is not set up; use the resource inside a run")
-        return self._connection
-
-    @property
     def cluster_name(self) -> str:
-        """Name of the run's cluster."""
+        """Name of the run's current cluster."""
         assert self._spec is not None, "the Ray cluster is not set up"
         return self._spec.cluster_name
 
@@ -140,8 +180,12 @@ class RayClusterResource(dg.ConfigurableResource):
         env: Mapping[str, str] | None = None,
         runtime_env: Mapping[str, Any] | None = None,
         extras: Mapping[str, Any] | None = None,
+        gpu_pool: str | None = None,
+        workers: int | None = None,
     ) -> list[Any]:
         """Run `entrypoint` as a Ray job with Dagster Pipes; stream its lines into the run's log.
+
+        The run's cluster is created on first use, sized by `gpu_pool`/`workers` when given.
 
         Returns:
             The Pipes results (MaterializeResult / AssetCheckResult), with the Ray job id and
@@ -150,7 +194,7 @@ class RayClusterResource(dg.ConfigurableResource):
         Raises:
             dg.Failure: the Ray job failed; the description carries its last log lines.
         """
-        connection = self.connection
+        connection = self.ensure_cluster(context.log, gpu_pool=gpu_pool, workers=workers)
         reader = PipesRayJobLogReader()
         with dg.open_pipes_session(
             context=context,

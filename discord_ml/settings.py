@@ -27,6 +27,12 @@ class Settings(BaseModel):
     )
     default_image: str = Field(description="Ray image used when a spec names none (DML_DEFAULT_IMAGE).")
     default_namespace: str = Field(description="Kubernetes namespace used when a spec names none (DML_NAMESPACE).")
+    data_root: str = Field(
+        description="Root of the data lake: a path or a pyarrow/fsspec URL such as s3://bucket/ml (DML_DATA_ROOT).",
+    )
+    partitions_start: str = Field(
+        description="First day of the daily partitions of the quests pipeline, YYYY-MM-DD (DML_PARTITIONS_START).",
+    )
     platform_namespace: str = Field(
         description=(
             "Namespace of the platform (Dagster, X-Ray), the only one allowed to reach Ray dashboards "
@@ -43,8 +49,11 @@ def _csv(value: str) -> tuple[str, ...]:
 def get_settings() -> Settings:
     """Settings from the environment (cached; call `get_settings.cache_clear()` after changing it)."""
     env = os.environ
+    home = Path(env.get(f"{ENV_PREFIX}HOME", Path.home() / ".discord_ml")).expanduser()
     return Settings(
-        home=Path(env.get(f"{ENV_PREFIX}HOME", Path.home() / ".discord_ml")).expanduser(),
+        home=home,
+        data_root=env.get(f"{ENV_PREFIX}DATA_ROOT") or str(home / "data"),
+        partitions_start=env.get(f"{ENV_PREFIX}PARTITIONS_START", "2026-01-01"),
         pools_file=Path(env[f"{ENV_PREFIX}POOLS_FILE"]) if env.get(f"{ENV_PREFIX}POOLS_FILE") else None,
         allowed_registries=_csv(
             env.get(f"{ENV_PREFIX}ALLOWED_REGISTRIES", "docker.io/rayproject/,rayproject/,ghcr.io/discord-ml/")

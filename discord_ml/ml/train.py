@@ -1,0 +1,310 @@
+"""Ray job: train the model named by `--model` on a window of days and register it.
+
+Neural models train with Ray Train's `TorchTrainer`: the window's features are read with Ray Data
+and split into one equal shard per worker, each embedding table is sharded across the workers
+with FSDP2, every epoch is checkpointed to the run's storage and a killed worker resumes from the
+last checkpoint (`FailureConfig`). `xgboost` trains the baseline in one Ray task. The last day of
+the window is held out for validation; per-epoch metrics reach Dagster through Pipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from dagster_pipes import open_dagster_pipes
+
+from discord_ml.lake import Lake, LakeError, date_str, parse_date
+from discord_ml.ml.features import DENSE, SPARSE, FeatureSpec, matrices
+from discord_ml.ml.metrics import auc, log_loss
+from discord_ml.ml.models import NEURAL_MODELS, ModelConfig
+from discord_ml.ml.runtime import init_ray
+from discord_ml.registry import ModelRegistry, ModelVersion
+
+FEATURE_COLUMNS = [*SPARSE, *DENSE, "label"]
+
+
+def window_days(end: dt.date, window: int) -> tuple[list[dt.date], dt.date]:
+    """(training days, held-out day) of the `window` days ending at `end`."""
+    days = [end - dt.timedelta(days=i) for i in range(window - 1, -1, -1)]
+    return days[:-1], days[-1]
+
+
+def feature_files(lake: Lake, days: list[dt.date]) -> list[str]:
+    missing = [date_str(d) for d in days if not lake.complete(lake.features_dir(d))]
+    if missing:
+        raise LakeError(
+            f"features missing for {', '.join(missing)}: run prep (quest_features) for those partitions "
+            "or choose a smaller data_window"
+        )
+    return [f for d in days for f in lake.files(lake.features_dir(d))]
+
+
+def read_table(lake: Lake, days: list[dt.date], columns: list[str] | None = FEATURE_COLUMNS) -> pa.Table:
+    files = feature_files(lake, days)
+    return pa.concat_tables(pq.read_table(f, filesystem=lake.filesystem, columns=columns) for f in files)
+
+
+# --- neural models ------------------------------------------------------------------------------
+
+
+def _forward_progress(queue: Any, on_event: Callable[[dict[str, Any]], None], stop: threading.Event) -> None:
+    from ray.util.queue import Empty
+
+    while not stop.is_set() or not queue.empty():
+        try:
+            on_event(queue.get(timeout=0.5))
+        except Empty:
+            continue
+
+
+def train_neural(
+    lake: Lake,
+    train: list[dt.date],
+    holdout: dt.date,
+    *,
+    model: ModelConfig,
+    workers: int,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    use_gpu: bool,
+    storage: str,
+    fail_once_at_epoch: int | None = None,
+    on_event: Callable[[dict[str, Any]], None] = print,
+    seed: int = 0,
+) -> tuple[dict[str, Any], bytes]:
+    """Train with `TorchTrainer`; returns (summary, the final full state dict serialized)."""
+    import torch
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+
+    from discord_ml.ml.trainer import STATE_FILE, train_loop
+
+    def shards(days: list[dt.date]) -> tuple[list[list[Any]], int]:
+        ds = ray.data.read_parquet(feature_files(lake, days), filesystem=lake.filesystem, columns=FEATURE_COLUMNS)
+        # Each worker permutes its own shard every epoch; a global shuffle would cost more than it gives.
+        splits = ds.split(workers, equal=True)
+        return [split.to_arrow_refs() for split in splits], sum(split.count() for split in splits)
+
+    (train_shards, train_rows), (valid_shards, _) = shards(train), shards([holdout])
+    progress = Queue(actor_options={"num_cpus": 0})
+    fail_once = None
+    if fail_once_at_epoch is not None:
+        fail_once = {"epoch": fail_once_at_epoch, "marker": f"{storage}/fault-drill.marker"}
+    config = {
+        "model": model.to_dict(),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "seed": seed,
+        "train_shards": train_shards,
+        "valid_shards": valid_shards,
+        "progress": progress,
+        "fail_once": fail_once,
+    }
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, placement_strategy="SPREAD"),
+        run_config=RunConfig(
+            name="train",
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    events: list[dict[str, Any]] = []
+
+    def record(event: dict[str, Any]) -> None:
+        events.append(event)
+        on_event(event)
+
+    stop = threading.Event()
+    forwarder = threading.Thread(target=_forward_progress, args=(progress, record, stop), daemon=True)
+    forwarder.start()
+    started = time.perf_counter()
+    try:
+        result = trainer.fit()
+    finally:
+        stop.set()
+        forwarder.join(timeout=10)
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as directory:
+        state = torch.load(f"{directory}/{STATE_FILE}", weights_only=False)
+    buffer = io.BytesIO()
+    torch.save(state["model"], buffer)
+    epoch_events = [e for e in events if e["kind"] == "epoch"]
+    summary = {
+        "metrics": state["metrics"],
+        "epochs_run": [e["epoch"] for e in epoch_events],
+        "shards": sorted((e for e in events if e["kind"] == "shard"), key=lambda e: (e["world"], e["rank"])),
+        "resumed_at_epoch": [e["epoch"] for e in events if e["kind"] == "resumed"],
+        "train_rows": train_rows,
+        "fit_seconds": time.perf_counter() - started,
+    }
+    return summary, buffer.getvalue()
+
+
+# --- xgboost baseline ---------------------------------------------------------------------------
+
+XGB_PARAMS = {
+    "objective": "binary:logistic",
+    "eval_metric": "logloss",
+    "tree_method": "hist",
+    "max_depth": 8,
+    "eta": 0.1,
+    "subsample": 0.8,
+    "colsample_bytree": 0.8,
+    "min_child_weight": 5,
+}
+
+
+@ray.remote(num_cpus=1)
+def _fit_xgboost(train: pa.Table, valid: pa.Table, rounds: int) -> tuple[bytes, dict[str, Any]]:
+    import xgboost as xgb
+
+    def dmatrix(table: pa.Table) -> xgb.DMatrix:
+        sparse, dense = matrices(table)
+        return xgb.DMatrix(np.hstack([sparse, dense]), label=table["label"].to_numpy(), feature_names=SPARSE + DENSE)
+
+    started = time.perf_counter()
+    dtrain, dvalid = dmatrix(train), dmatrix(valid)
+    booster = xgb.train(
+        XGB_PARAMS, dtrain, rounds, evals=[(dvalid, "valid")], early_stopping_rounds=20, verbose_eval=False
+    )
+    p = booster.predict(dvalid, iteration_range=(0, booster.best_iteration + 1))
+    y = valid["label"].to_numpy()
+    seconds = time.perf_counter() - started
+    metrics = {
+        "valid_auc": auc(y, p),
+        "valid_log_loss": log_loss(y, p),
+        "best_iteration": booster.best_iteration,
+        "samples_per_s": train.num_rows * (booster.best_iteration + 1) / seconds,
+    }
+    return bytes(booster.save_raw("ubj")), metrics
+
+
+def train_xgboost(lake: Lake, train: list[dt.date], holdout: dt.date, rounds: int = 300) -> tuple[dict, bytes]:
+    started = time.perf_counter()
+    model, metrics = ray.get(_fit_xgboost.remote(read_table(lake, train), read_table(lake, [holdout]), rounds))
+    return {"metrics": metrics, "fit_seconds": time.perf_counter() - started}, model
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def train_and_register(args: argparse.Namespace, on_event: Callable[[dict[str, Any]], None]) -> ModelVersion:
+    lake = Lake(args.root)
+    train, holdout = window_days(parse_date(args.date, field="partition"), args.window)
+    feature_files(lake, [*train, holdout])  # fail before any work when a day is missing
+    spec = FeatureSpec()  # the one prep hashed with
+    card: dict[str, Any] = {
+        "data_window": [date_str(d) for d in train],
+        "holdout_day": date_str(holdout),
+        "partition": args.date,
+        "window_days": args.window,
+        "run_id": args.run_id,
+        "features": {"user_buckets": spec.user_buckets, "quest_buckets": spec.quest_buckets},
+    }
+    if args.model == "xgboost":
+        summary, artifact = train_xgboost(lake, train, holdout, rounds=args.rounds)
+        files = {"model.ubj": artifact}
+        card |= {"kind": "xgboost", "params": XGB_PARAMS, "rounds": args.rounds}
+    else:
+        use_gpu = _use_gpu(args.device)
+        model = ModelConfig(model_name=args.model, embedding_dim=args.embedding_dim, features=spec)
+        summary, artifact = train_neural(
+            lake,
+            train,
+            holdout,
+            model=model,
+            workers=args.workers,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            use_gpu=use_gpu,
+            storage=lake.run_storage(args.run_id),
+            fail_once_at_epoch=args.fail_once_at_epoch,
+            on_event=on_event,
+        )
+        files = {"model.pt": artifact}
+        card |= {
+            "kind": "torch",
+            "model": model.to_dict(),
+            "workers": args.workers,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "backend": "nccl" if use_gpu else "gloo",
+        }
+    card["training"] = summary
+    return ModelRegistry(lake).register(args.model, files, card)
+
+
+def _use_gpu(device: str) -> bool:
+    if device == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return device == "gpu"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--root", required=True, help="data root (path or URL)")
+    p.add_argument("--date", required=True, help="partition: the last day of the window, YYYY-MM-DD")
+    p.add_argument("--window", type=int, default=3, help="days in the window, the last one held out")
+    p.add_argument("--model", choices=[*NEURAL_MODELS, "xgboost"], default="dlrm")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--embedding-dim", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=300, help="xgboost boosting rounds (early-stopped)")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    p.add_argument("--run-id", default="manual", help="names the run's storage for checkpoints")
+    p.add_argument("--fail-once-at-epoch", type=int, default=None, help="failure drill: kill a worker once")
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
+    with open_dagster_pipes() as pipes:
+        init_ray()
+
+        def on_event(event: dict[str, Any]) -> None:
+            fields = {k: v for k, v in event.items() if k != "kind"}
+            pipes.log.info(f"train {event['kind']}: {json.dumps(fields, default=float)}")
+
+        version = train_and_register(args, on_event)
+        training = version.card["training"]
+        metadata: dict[str, Any] = {
+            "model_version": version.ref,
+            "model_path": version.path,
+            "data_window": ", ".join(version.card["data_window"]),
+            "holdout_day": version.card["holdout_day"],
+            "git_sha": version.card["git_sha"],
+            **{k: round(float(v), 5) for k, v in training["metrics"].items() if isinstance(v, int | float)},
+            "fit_seconds": round(training["fit_seconds"], 2),
+        }
+        if "shards" in training:
+            metadata |= {
+                "embedding_shards": json.dumps(training["shards"]),
+                "resumed_at_epoch": json.dumps(training["resumed_at_epoch"]),
+            }
+        pipes.report_asset_materialization(metadata=metadata)
+
+
+if __name__ == "__main__":
+    main()
