@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG as RANGE_END
@@ -101,6 +102,9 @@ def ray_cluster_sweeper(context: dg.SensorEvaluationContext, ray_cluster: RayClu
 # --- the quests pipeline ----------------------------------------------------------------------
 
 
+CURSOR_DAYS = 120
+
+
 def window_ready(lake: Lake, day: date, window: int) -> list[date]:
     """Days of the window ending at `day` that still lack features (empty: ready to train)."""
     days = [day - timedelta(days=i) for i in range(window)]
@@ -124,16 +128,19 @@ class LandingPlan:
 
     prep: list[date]
     retrain: date | None
-    cursor: dict[str, str | None]
+    cursor: dict[str, Any]
     skip: str | None
 
 
-def plan_landing(lake: Lake, cursor: dict[str, str | None], window: int) -> LandingPlan:
-    """Prep the days landed since the cursor; retrain the newest day once its window is prepped."""
+def plan_landing(lake: Lake, cursor: dict[str, Any], window: int) -> LandingPlan:
+    """Prep the landed days not requested before (late days included); retrain the newest day once
+    its window is prepped."""
     landed = lake.landed_days()
-    seen = cursor.get("landed")
-    new = [d for d in landed if seen is None or date_str(d) > seen]
-    next_cursor = {**cursor, "landed": date_str(landed[-1]) if landed else seen}
+    requested = set(cursor.get("requested", []))
+    new = [d for d in landed if date_str(d) not in requested and not lake.complete(lake.features_dir(d))]
+    # The cursor remembers the recent requests only; older days are judged by their features alone.
+    recent = sorted(requested | {date_str(d) for d in new})[-CURSOR_DAYS:]
+    next_cursor: dict[str, Any] = {**cursor, "requested": recent}
     retrain = None
     skip = None
     if landed and (cursor.get("retrained") or "") < date_str(landed[-1]):
