@@ -132,7 +132,7 @@ def ranking_model(
     # Sizing errors (pool unknown to this deployment, too many workers) surface before any cluster exists.
     try:
         ray_cluster.cluster_spec(
-            run_id=context.run_id, job_name=context.job_name, gpu_pool=pool, workers=config.workers
+            run_id=context.run.run_id, job_name=context.run.job_name, gpu_pool=pool, workers=config.workers
         )
     except ValueError as exc:
         raise _fail(f"gpu_pool/workers: {exc}") from None
@@ -146,7 +146,7 @@ def ranking_model(
         f"--batch-size {config.batch_size}",
         f"--learning-rate {config.learning_rate}",
         f"--embedding-dim {config.embedding_dim}",
-        f"--run-id {context.run_id}",
+        f"--run-id {context.run.run_id}",
     ]
     if config.fail_once_at_epoch is not None:
         args.append(f"--fail-once-at-epoch {config.fail_once_at_epoch}")
@@ -240,7 +240,9 @@ def production_model(context: dg.AssetExecutionContext, data: DataLakeResource) 
     evaluation = _upstream(context, "model_evaluation")
     candidate = registry.get(str(evaluation["candidate"]))
     previous = registry.production()
-    entry = registry.promote(candidate, reason=f"passed {GATE} on {evaluation['holdout_day']}", run_id=context.run_id)
+    entry = registry.promote(
+        candidate, reason=f"passed {GATE} on {evaluation['holdout_day']}", run_id=context.run.run_id
+    )
     context.log.info(f"production model is now {candidate.ref} (was {previous.ref if previous else 'none'})")
     return dg.MaterializeResult(
         metadata={
@@ -284,21 +286,18 @@ QUESTS_ASSETS = [quest_features, ranking_model, model_evaluation, production_mod
 quests_prep_job = dg.define_asset_job(
     "quests_prep",
     selection=[quest_features],
-    partitions_def=daily,
     executor_def=dg.in_process_executor,
     description="Prep one landed day: validate, quarantine, featurize (Ray Data).",
 )
 quests_retrain_job = dg.define_asset_job(
     "quests_retrain",
     selection=[ranking_model, model_evaluation, production_model, quest_recommendations],
-    partitions_def=daily,
     executor_def=dg.in_process_executor,
     description="Train on the window ending at the partition, evaluate, promote if it passes, score tomorrow.",
 )
 quests_daily_job = dg.define_asset_job(
     "quests_daily",
     selection=QUESTS_ASSETS,
-    partitions_def=daily,
     executor_def=dg.in_process_executor,
     description="The whole day: prep the partition, then retrain, evaluate, promote and score.",
 )

@@ -9,6 +9,7 @@ cold-start users and quests are scored like any other; invalid request rows are 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import Any, cast
 
@@ -24,6 +25,7 @@ from discord_ml.ml.runtime import init_ray
 from discord_ml.ml.scoring import Scorer
 from discord_ml.registry import ModelRegistry, ModelVersion
 
+RESULT_PREFIX = "recommendations: "
 OUTPUT_COLUMNS = ["request_id", "user_id", "quest_id", "score"]
 
 
@@ -114,6 +116,7 @@ def main() -> None:
         if version is None:
             raise LakeError("no production model yet: promote one (production_model) or pass --model")
         result = recommend(lake, args.date, version, k=args.top_k, actors=args.actors, log=pipes.log.info)
+        print(RESULT_PREFIX + json.dumps(result), flush=True)  # for readers without Pipes (bench, `dml job logs`)
         pipes.report_asset_materialization(metadata=result)
 
 

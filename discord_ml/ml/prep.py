@@ -80,6 +80,8 @@ def prep_day(lake: Lake, day_text: str, spec: FeatureSpec, *, log: Any = print) 
             pq.write_table(bad_table, sink)
             with lake.filesystem.open_output_stream(f"{staging}/rows.parquet") as out:
                 out.write(sink.getvalue())
+        if bad_files:
+            lake.filesystem.create_dir(f"{staging}/files")
         for item in bad_files:  # a copy: the landed file itself stays where and as it was
             name = item["file"].rsplit("/", 1)[-1]
             lake.filesystem.copy_file(item["file"], f"{staging}/files/{name}")

@@ -33,6 +33,7 @@ from discord_ml.ml.metrics import auc, log_loss
 from discord_ml.ml.models import LEARNING_RATE_DECAY, ModelConfig, build_model, shard_embeddings
 
 STATE_FILE = "state.pt"
+DRILL_DELAY_S = 5.0
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -67,7 +68,10 @@ def _fault_drill(config: dict[str, Any], epoch: int, rank: int) -> None:
         return
     with open(marker, "w") as out:
         out.write(f"killed rank {rank} at epoch {epoch}\n")
-    print(f"fault drill: killing worker rank {rank} (pid {os.getpid()}) at the start of epoch {epoch}", flush=True)
+    # A worker dies some time after the last checkpoint, not in the same instant: Ray Train's
+    # controller collects reports on its health-check poll (2 s), and only then is it resumable.
+    time.sleep(DRILL_DELAY_S)
+    print(f"fault drill: killing worker rank {rank} (pid {os.getpid()}) during epoch {epoch}", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
