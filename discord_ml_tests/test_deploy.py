@@ -1,0 +1,200 @@
+"""deploy/: every manifest validates against the Kubernetes schemas (strict), namespaces enforce the
+restricted profile, RBAC grants exactly what is listed (and covers what the provider calls), the
+pools files load through the platform's catalog and yield valid clusters, Helm values are pinned."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from discord_ml.cluster.kuberay import KubeRayProvider
+from discord_ml.cluster.manifests import build_ray_cluster
+from discord_ml.cluster.security import validate_manifest
+from discord_ml.cluster.spec import ClusterSpec
+from discord_ml.pools import get_catalog, load_catalog
+from discord_ml.settings import get_settings
+from discord_ml_tests.support.k8s_emulator import KubeEmulator
+from discord_ml_tests.support.schemas import crd_errors, k8s_errors, pod_errors
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+MANIFESTS = sorted((DEPLOY / "platform").glob("*.yaml"))
+POOL_FILES = sorted((DEPLOY / "pools").glob("*.yaml"))
+
+Rules = dict[tuple[str, str], set[str]]
+
+
+def _objects() -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                yield f"{path.name}:{doc['kind']}/{doc['metadata']['name']}", doc
+
+
+def _rules(kind: str, name: str) -> Rules:
+    [role] = [o for _, o in _objects() if o["kind"] == kind and o["metadata"]["name"] == name]
+    rules: Rules = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                rules.setdefault((group, resource), set()).update(rule["verbs"])
+    return rules
+
+
+@pytest.mark.parametrize(("name", "obj"), list(_objects()), ids=[n for n, _ in _objects()])
+def test_every_manifest_validates_strictly(name: str, obj: dict[str, Any]) -> None:
+    assert k8s_errors(obj) == [], name
+
+
+def test_manifests_cover_the_platform() -> None:
+    kinds = sorted({o["kind"] for _, o in _objects()})
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "LimitRange", "Namespace", "NetworkPolicy",
+                     "ResourceQuota", "Role", "RoleBinding", "Service", "ServiceAccount"]  # fmt: skip
+
+
+def test_every_namespace_enforces_restricted() -> None:
+    namespaces = [o for _, o in _objects() if o["kind"] == "Namespace"]
+    assert {n["metadata"]["name"] for n in namespaces} == {"ml", "ml-platform"}
+    for namespace in namespaces:
+        labels = namespace["metadata"]["labels"]
+        for mode in ("enforce", "audit", "warn"):
+            assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+
+
+def test_team_namespace_has_quota_limits_and_default_deny_with_dns() -> None:
+    objects = {
+        o["kind"] + "/" + o["metadata"]["name"]: o for _, o in _objects() if o["metadata"].get("namespace") == "ml"
+    }
+    quota = objects["ResourceQuota/ml-compute"]["spec"]["hard"]
+    assert {"requests.cpu", "requests.memory", "requests.nvidia.com/gpu"} <= set(quota)
+    assert "LimitRange/ml-defaults" in objects
+    deny = objects["NetworkPolicy/ray-default-deny"]["spec"]
+    assert deny["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny  # no ingress at all
+    [dns] = deny["egress"]
+    assert sorted((p["protocol"], p["port"]) for p in dns["ports"]) == [("TCP", 53), ("UDP", 53)]
+    assert deny["podSelector"] == {"matchExpressions": [{"key": "ray.io/node-type", "operator": "Exists"}]}
+    accounts = [o for k, o in objects.items() if k.startswith("ServiceAccount/")]
+    assert accounts and all(a["automountServiceAccountToken"] is False for a in accounts)
+
+
+def test_code_location_role_grants_exactly_these_verbs() -> None:
+    assert _rules("Role", "discord-ml-ray-manager") == {
+        ("ray.io", "rayclusters"): {"get", "list", "watch", "create", "update", "patch", "delete"},
+        ("ray.io", "rayjobs"): {"get", "list", "watch", "create", "update", "patch", "delete"},
+        ("", "secrets"): {"get", "create", "delete"},
+        ("networking.k8s.io", "networkpolicies"): {"get", "create", "delete"},
+        ("", "pods"): {"get", "list", "watch"},
+        ("", "services"): {"get", "list", "watch"},
+        ("", "events"): {"get", "list", "watch"},
+        ("", "pods/log"): {"get"},
+    }
+    [binding] = [o for _, o in _objects() if o["kind"] == "RoleBinding"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "discord-ml-code-location",
+                                    "namespace": "ml-platform"}]  # fmt: skip
+
+
+def test_xray_is_read_only() -> None:
+    rules = _rules("ClusterRole", "discord-ml-xray-reader")
+    assert rules == {
+        ("ray.io", "rayclusters"): {"get", "list", "watch"},
+        ("ray.io", "rayjobs"): {"get", "list", "watch"},
+        ("", "pods"): {"get", "list", "watch"},
+        ("", "services"): {"get", "list", "watch"},
+        ("", "events"): {"get", "list", "watch"},
+        ("", "pods/log"): {"get"},
+    }
+    [deployment] = [o for _, o in _objects() if o["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "discord-ml-xray"
+    # The platform's security rules (restricted profile); X-Ray reads the Kubernetes API, so it is
+    # the one pod that keeps its service account token.
+    violations = validate_manifest(deployment)
+    assert [v.path for v in violations] == ["spec.template.spec.automountServiceAccountToken"]
+
+
+_VERBS = {"GET": "get", "POST": "create", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}
+_PATH = re.compile(r"^/apis?/(?:(?P<group>[^/]+)/)?v[^/]+/namespaces/[^/]+/(?P<resource>[^/]+)(?:/(?P<name>[^/]+))?"
+                   r"(?:/(?P<sub>[^/]+))?$")  # fmt: skip
+
+
+def test_role_covers_every_call_the_provider_makes(kuberay_api: KubeEmulator) -> None:
+    provider = KubeRayProvider()
+    spec = ClusterSpec.build(name="rbac-probe", owner="pytest", workers=1, head_memory="1Gi")
+    provider.create(spec)
+    try:
+        provider.wait_ready("rbac-probe", timeout=120)
+        provider.connect("rbac-probe")
+        provider.get("rbac-probe")
+        provider.list(namespace="ml")
+    finally:
+        provider.delete("rbac-probe")
+    granted = _rules("Role", "discord-ml-ray-manager")
+    used = set()
+    for method, path in kuberay_api.requests:
+        match = _PATH.match(path.split("?")[0])
+        assert match, f"the provider called a non-namespaced endpoint: {method} {path}"
+        group = "" if path.startswith("/api/") else match["group"]
+        resource = match["resource"] + (f"/{match['sub']}" if match["sub"] else "")
+        verb = "list" if method == "GET" and not match["name"] else _VERBS[method]
+        used.add((group, resource, verb))
+    assert {("ray.io", "rayclusters", "create"), ("", "secrets", "create")} <= used
+    missing = sorted(u for u in used if u[2] not in granted.get((u[0], u[1]), set()))
+    assert missing == [], f"the provider needs grants the Role lacks: {missing}"
+
+
+@pytest.mark.parametrize("path", POOL_FILES, ids=[p.name for p in POOL_FILES])
+def test_pools_files_load_through_the_catalog_and_make_valid_clusters(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_catalog(path).names == ["cpu", "t4", "l4", "a100", "h100"]
+    monkeypatch.setenv("DML_POOLS_FILE", str(path))  # the setting the CLI and Dagster read
+    get_settings.cache_clear()
+    get_catalog.cache_clear()
+    try:
+        catalog = get_catalog()
+        assert catalog.source == str(path)
+        for pool in catalog.pools:
+            gpus = f":{pool.gpus_per_node}" if pool.gpus_per_node else ""
+            spec = ClusterSpec.build(name=f"p-{pool.name}", owner="pytest", gpu_pool=f"{pool.name}{gpus}", workers=2)
+            manifest = build_ray_cluster(spec)
+            assert crd_errors(manifest) == [] and pod_errors(manifest) == [] and validate_manifest(manifest) == []
+            worker = manifest["spec"]["workerGroupSpecs"][0]["template"]["spec"]
+            assert worker["nodeSelector"] == pool.node_selector
+    finally:
+        monkeypatch.delenv("DML_POOLS_FILE")
+        get_settings.cache_clear()
+        get_catalog.cache_clear()
+
+
+def _values(name: str) -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / name).read_text())
+
+
+def test_helm_values_are_pinned_and_wired_together() -> None:
+    kuberay = _values("kuberay/values.yaml")
+    assert kuberay["image"]["tag"] == "v1.6.2"
+    assert {g["name"] for g in kuberay["featureGates"] if g["enabled"]} == {"RayClusterStatusConditions",
+                                                                            "RayJobDeletionPolicy"}  # fmt: skip
+    assert kuberay["watchNamespace"] == ["ml"]
+    dagster = _values("dagster/values.yaml")
+    assert dagster["runLauncher"]["type"] == "K8sRunLauncher"
+    assert dagster["postgresql"]["enabled"] is False and dagster["generatePostgresqlPasswordSecret"] is False
+    assert dagster["dagsterDaemon"]["runMonitoring"]["enabled"] and dagster["dagsterDaemon"]["runRetries"]["enabled"]
+    launched = dagster["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]
+    user_code = _values("dagster/user-code-values.yaml")
+    assert launched["serviceAccountName"] == user_code["serviceAccount"]["name"] == "discord-ml-code-location"
+    [location] = user_code["deployments"]
+    env = {e["name"]: e["value"] for e in location["env"]}
+    assert env["DML_BACKEND"] == "kuberay" and env["DML_POOLS_FILE"].startswith("/etc/discord-ml/")
+    tags = [kuberay["image"]["tag"], dagster["dagsterWebserver"]["image"]["tag"], location["image"]["tag"]]
+    assert all(tag and tag != "latest" for tag in tags)
+
+
+def test_dockerfile_final_stage_is_non_root_without_build_tools() -> None:
+    stages = (DEPLOY / "Dockerfile").read_text().split("\nFROM ")
+    final = stages[-1]
+    assert "USER 1000" in final and "build-essential" not in final and "apt-get install" not in final
+    assert "torch==2.13.0" in stages[0] + stages[1] and "--constraint" in stages[1]
