@@ -105,12 +105,6 @@ def ray_cluster_sweeper(context: dg.SensorEvaluationContext, ray_cluster: RayClu
 CURSOR_DAYS = 120
 
 
-def window_ready(lake: Lake, day: date, window: int) -> list[date]:
-    """Days of the window ending at `day` that still lack features (empty: ready to train)."""
-    days = [day - timedelta(days=i) for i in range(window)]
-    return sorted(d for d in days if not lake.complete(lake.features_dir(d)))
-
-
 def contiguous(days: list[date]) -> list[list[date]]:
     """Sorted days split into runs of consecutive days."""
     blocks: list[list[date]] = []
@@ -144,7 +138,7 @@ def plan_landing(lake: Lake, cursor: dict[str, Any], window: int) -> LandingPlan
     retrain = None
     skip = None
     if landed and (cursor.get("retrained") or "") < date_str(landed[-1]):
-        missing = window_ready(lake, landed[-1], window)
+        missing = lake.missing_features(landed[-1], window)
         if not missing:
             retrain = landed[-1]
             next_cursor["retrained"] = date_str(retrain)
@@ -192,7 +186,7 @@ def daily_retrain_schedule(
     lake = data.lake()
     window = TrainConfig().data_window
     for day in reversed(lake.landed_days()):
-        if not window_ready(lake, day, window):
+        if not lake.missing_features(day, window):
             tick = (context.scheduled_execution_time or datetime.now(UTC)).strftime("%Y-%m-%d")
             return dg.RunRequest(run_key=f"scheduled-{tick}-{date_str(day)}", partition_key=date_str(day))
     return dg.SkipReason(f"no landed day has features for a whole {window}-day window yet")

@@ -139,6 +139,11 @@ class Lake:
                     days.append(day)
         return sorted(days)
 
+    def missing_features(self, end: dt.date, window: int) -> list[dt.date]:
+        """Days of the `window` days ending at `end` that have no published features (empty: ready)."""
+        days = [end - dt.timedelta(days=i) for i in range(window - 1, -1, -1)]
+        return [d for d in days if not self.complete(self.features_dir(d))]
+
     def read_json(self, path: str) -> Any:
         with self.filesystem.open_input_stream(path) as stream:
             return json.loads(stream.read().decode())

@@ -105,8 +105,7 @@ def quest_features(
 
 def check_train_inputs(lake: Lake, day: dt.date, config: TrainConfig) -> None:
     """Every day of the window has features; raises a Failure naming `data_window` otherwise."""
-    days = [day - dt.timedelta(days=i) for i in range(config.data_window - 1, -1, -1)]
-    missing = [date_str(d) for d in days if not lake.complete(lake.features_dir(d))]
+    missing = [date_str(d) for d in lake.missing_features(day, config.data_window)]
     if missing:
         raise _fail(
             f"data_window {config.data_window} ending {date_str(day)} needs features for "

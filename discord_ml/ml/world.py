@@ -142,6 +142,21 @@ class World:
         weight = self.user_activity[users] * np.where(self.user_joined[users] == day, 3.0, 1.0)
         return rng.choice(users, n, p=weight / weight.sum())
 
+    def _columns(self, day: int, users: np.ndarray, quests: np.ndarray, ctx: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The raw columns upstream joins onto every impression and request: IDs, user, quest, context."""
+        return {
+            "user_id": self.user_id[users],
+            "quest_id": self.quest_id[quests],
+            "country": np.array(COUNTRIES)[self.user_country[users]],
+            "platform": np.array(PLATFORMS)[ctx["platform"]],
+            "surface": np.array(SURFACES)[ctx["surface"]],
+            "position": ctx["position"].astype(np.int8),
+            "account_age_days": (self.user_age0[users] + day - self.user_joined[users]).astype(np.int32),
+            "user_level": self.user_level[users],
+            "quest_category": np.array(CATEGORIES)[self.quest_category[quests]],
+            "quest_reward": np.array(REWARDS)[self.quest_reward[quests]],
+        }
+
     def impressions(self, day: int) -> tuple[pa.Table, pa.Table]:
         """(raw impressions, their true probabilities) of `day`."""
         c = self.config
@@ -160,16 +175,7 @@ class World:
         columns: dict[str, Any] = {
             "impression_id": impression_id,
             "ts": pa.array([when + dt.timedelta(seconds=int(s)) for s in seconds], pa.timestamp("s", tz="UTC")),
-            "user_id": self.user_id[users],
-            "quest_id": self.quest_id[quests],
-            "country": np.array(COUNTRIES)[self.user_country[users]],
-            "platform": np.array(PLATFORMS)[ctx["platform"]],
-            "surface": np.array(SURFACES)[ctx["surface"]],
-            "position": ctx["position"].astype(np.int8),
-            "account_age_days": (self.user_age0[users] + day - self.user_joined[users]).astype(np.int32),
-            "user_level": self.user_level[users],
-            "quest_category": np.array(CATEGORIES)[self.quest_category[quests]],
-            "quest_reward": np.array(REWARDS)[self.quest_reward[quests]],
+            **self._columns(day, users, quests, ctx),
             "label": label,
         }
         user_ids = _inject_bad_rows(columns, rng, c.bad_row_rate)
@@ -196,16 +202,7 @@ class World:
             {
                 "request_id": request_id,
                 "ts": pa.array([when + dt.timedelta(hours=int(h)) for h in ctx["hour"]], pa.timestamp("s", tz="UTC")),
-                "user_id": self.user_id[flat_users],
-                "quest_id": self.quest_id[flat_quests],
-                "country": np.array(COUNTRIES)[self.user_country[flat_users]],
-                "platform": np.array(PLATFORMS)[ctx["platform"]],
-                "surface": np.array(SURFACES)[ctx["surface"]],
-                "position": ctx["position"].astype(np.int8),
-                "account_age_days": (self.user_age0[flat_users] + day - self.user_joined[flat_users]).astype(np.int32),
-                "user_level": self.user_level[flat_users],
-                "quest_category": np.array(CATEGORIES)[self.quest_category[flat_quests]],
-                "quest_reward": np.array(REWARDS)[self.quest_reward[flat_quests]],
+                **self._columns(day, flat_users, flat_quests, ctx),
                 "user_is_new": self.user_joined[flat_users] == day,
                 "quest_is_new": self.quest_launch[flat_quests] == day,
             }
