@@ -32,6 +32,7 @@ from discord_ml.ml.runtime import init_ray
 from discord_ml.registry import ModelRegistry, ModelVersion
 
 FEATURE_COLUMNS = [*SPARSE, *DENSE, "label"]
+DRILL_MARKER = "fault-drill.marker"
 
 
 def window_days(end: dt.date, window: int) -> tuple[list[dt.date], dt.date]:
@@ -79,18 +80,23 @@ def train_neural(
     batch_size: int,
     learning_rate: float,
     use_gpu: bool,
-    storage: str,
+    run_id: str,
     fail_once_at_epoch: int | None = None,
     on_event: Callable[[dict[str, Any]], None] = print,
     seed: int = 0,
 ) -> tuple[dict[str, Any], bytes]:
     """Train with `TorchTrainer`; returns (summary, the final full state dict serialized)."""
     import torch
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
     from discord_ml.ml.trainer import STATE_FILE, train_loop
+
+    run_parts = ["runs", run_id]
+    storage = lake.run_storage(run_id)
+    if "://" in lake.root:  # Ray Train wants the URL form for remote storage
+        storage = f"{lake.root.rstrip('/')}/{'/'.join(run_parts)}"
 
     def shards(days: list[dt.date]) -> tuple[list[list[Any]], int]:
         ds = ray.data.read_parquet(feature_files(lake, days), filesystem=lake.filesystem, columns=FEATURE_COLUMNS)
@@ -102,7 +108,7 @@ def train_neural(
     progress = Queue(actor_options={"num_cpus": 0})
     fail_once = None
     if fail_once_at_epoch is not None:
-        fail_once = {"epoch": fail_once_at_epoch, "marker": f"{storage}/fault-drill.marker"}
+        fail_once = {"epoch": fail_once_at_epoch, "root": lake.root, "marker": [*run_parts, DRILL_MARKER]}
     config = {
         "model": model.to_dict(),
         "epochs": epochs,
@@ -117,7 +123,7 @@ def train_neural(
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, placement_strategy="SPREAD"),
+        scaling_config=_scaling(workers, use_gpu),
         run_config=RunConfig(
             name="train",
             storage_path=storage,
@@ -236,7 +242,7 @@ def train_and_register(args: argparse.Namespace, on_event: Callable[[dict[str, A
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             use_gpu=use_gpu,
-            storage=lake.run_storage(args.run_id),
+            run_id=args.run_id,
             fail_once_at_epoch=args.fail_once_at_epoch,
             on_event=on_event,
         )
@@ -252,6 +258,16 @@ def train_and_register(args: argparse.Namespace, on_event: Callable[[dict[str, A
         }
     card["training"] = summary
     return ModelRegistry(lake).register(args.model, files, card)
+
+
+def _scaling(nodes: int, use_gpu: bool) -> Any:
+    """One worker per node on CPU (each owns its node); on GPUs one worker per GPU, packed."""
+    from ray.train import ScalingConfig
+
+    if not use_gpu:
+        return ScalingConfig(num_workers=nodes, use_gpu=False, placement_strategy="SPREAD")
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    return ScalingConfig(num_workers=max(gpus, 1), use_gpu=True, placement_strategy="PACK")
 
 
 def _use_gpu(device: str) -> bool:

@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from discord_ml.lake import Lake
 from discord_ml.ml.features import matrices
 from discord_ml.ml.metrics import auc, log_loss
 from discord_ml.ml.models import LEARNING_RATE_DECAY, ModelConfig, build_model, shard_embeddings
@@ -63,11 +64,11 @@ def _fault_drill(config: dict[str, Any], epoch: int, rank: int) -> None:
     drill = config.get("fail_once")
     if not drill or drill["epoch"] != epoch or rank != dist.get_world_size() - 1:
         return
-    marker = drill["marker"]
-    if os.path.exists(marker):
+    lake = Lake(drill["root"])  # the marker sits in the run's storage, wherever that is
+    marker = lake.path(*drill["marker"])
+    if lake.exists(marker):
         return
-    with open(marker, "w") as out:
-        out.write(f"killed rank {rank} at epoch {epoch}\n")
+    lake.write_bytes_atomic(marker, f"killed rank {rank} at epoch {epoch}\n".encode())
     # A worker dies some time after the last checkpoint, not in the same instant: Ray Train's
     # controller collects reports on its health-check poll (2 s), and only then is it resumable.
     time.sleep(DRILL_DELAY_S)
