@@ -23,7 +23,7 @@ from discord_ml.cluster.provider import (
     poll_until_ready,
 )
 from discord_ml.cluster.registry import ClusterRecord, LocalRegistry
-from discord_ml.cluster.spec import ClusterSpec
+from discord_ml.cluster.spec import STORED, ClusterSpec
 from discord_ml.settings import get_settings
 
 
@@ -132,7 +132,7 @@ class LocalRayProvider:
         return record
 
     def _handle(self, record: ClusterRecord) -> LocalRayCluster:
-        spec = ClusterSpec.model_validate(record.spec)
+        spec = ClusterSpec.model_validate(record.spec, context={STORED: True})
         return LocalRayCluster.attach(spec, directory=record.dir, gcs_port=record.gcs_port,
                                       dashboard_port=record.dashboard_port, nodes=record.nodes)  # fmt: skip
 

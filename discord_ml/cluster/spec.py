@@ -47,6 +47,9 @@ class Purpose(StrEnum):
     ADHOC = "adhoc"
 
 
+STORED = "stored"  # validation context of a spec read back from a registry
+
+
 class SpecError(ValueError):
     """A cluster spec is invalid; the message lists each field, its value and the fix."""
 
@@ -127,8 +130,10 @@ class ClusterSpec(BaseModel):
 
     @field_validator("image")
     @classmethod
-    def _image(cls, value: str | None) -> str:
+    def _image(cls, value: str | None, info: ValidationInfo) -> str:
         image = value or get_settings().default_image
+        if value and (info.context or {}).get(STORED):
+            return value  # admitted when the cluster was created; a later policy change must not hide it
         problem = image_problem(image)
         if problem:
             raise ValueError(f"image {problem}")
