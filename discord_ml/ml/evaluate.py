@@ -90,6 +90,12 @@ def evaluate(lake: Lake, candidate: ModelVersion, *, log: Any = print) -> dict[s
     requests = requests.join(truth, ["request_id", "quest_id"]).sort_by([("request_id", "ascending")])
     request_ids, request_p = requests["request_id"].to_numpy(), requests["p_true"].to_numpy()
     total_requests = len(np.unique(raw_requests["request_id"].to_numpy()))
+    # A request is cold-start when its user joined, or one of its candidate quests launched, that day.
+    cold_mask = np.zeros(raw_requests.num_rows, dtype=bool)
+    for column in ("user_is_new", "quest_is_new"):
+        if column in raw_requests.column_names:
+            cold_mask |= raw_requests[column].to_numpy(zero_copy_only=False).astype(bool)
+    cold_requests = np.unique(raw_requests["request_id"].to_numpy()[cold_mask])
 
     bayes_auc = auc(labels, p_true)
     rows: dict[str, dict[str, Any]] = {}
@@ -109,6 +115,7 @@ def evaluate(lake: Lake, candidate: ModelVersion, *, log: Any = print) -> dict[s
             "ece": calibrations[role]["ece"],
             "expected_participation": top1_participation(request_ids, request_scores, request_p),
             "coverage": len(np.unique(request_ids[scored])) / max(total_requests, 1),
+            "cold_start_coverage": _share(cold_requests, request_ids[scored]),
         }
     curves["oracle"] = roc_curve(labels, p_true)
     rows["random"] = {
@@ -118,6 +125,7 @@ def evaluate(lake: Lake, candidate: ModelVersion, *, log: Any = print) -> dict[s
         "ece": 0.0,
         "expected_participation": random_participation(request_ids, request_p),
         "coverage": 1.0,
+        "cold_start_coverage": 1.0,
     }
     rows["oracle"] = {
         "model": "true p (Bayes limit)",
@@ -126,6 +134,7 @@ def evaluate(lake: Lake, candidate: ModelVersion, *, log: Any = print) -> dict[s
         "ece": calibration(labels, p_true)["ece"],
         "expected_participation": top1_participation(request_ids, request_p, request_p),
         "coverage": 1.0,
+        "cold_start_coverage": 1.0,
     }
     xgb_participation = rows["xgboost"]["expected_participation"]
     for row in rows.values():
@@ -141,6 +150,7 @@ def evaluate(lake: Lake, candidate: ModelVersion, *, log: Any = print) -> dict[s
         "impressions": len(labels),
         "requests": total_requests,
         "requests_rejected": rejected.num_rows,
+        "cold_start_requests": len(cold_requests),
         "table": rows,
     }
     out = f"{lake.evaluation_dir(day)}/{candidate.model_name}-v{candidate.version:04d}"
@@ -152,6 +162,11 @@ def evaluate(lake: Lake, candidate: ModelVersion, *, log: Any = print) -> dict[s
             with lake.filesystem.open_output_stream(f"{staging}/{name}") as stream:
                 stream.write(data)
     return {**result, "path": out, "plots": plots}
+
+
+def _share(wanted: np.ndarray, covered: np.ndarray) -> float:
+    """Share of the `wanted` request IDs among the `covered` ones (1.0 when none is wanted)."""
+    return float(np.isin(wanted, covered).mean()) if len(wanted) else 1.0
 
 
 def _figure() -> tuple[Any, Any]:
@@ -196,13 +211,14 @@ def _calibration_png(calibrations: dict[str, dict[str, Any]]) -> bytes:
 
 
 def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
-    head = "| | model | AUC | AUC lift / Bayes | log loss | ECE | expected participation | vs XGBoost | coverage |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    head = ("| | model | AUC | AUC lift / Bayes | log loss | ECE | expected participation | vs XGBoost | coverage "
+            "| cold-start coverage |")  # fmt: skip
+    lines = [head, "|---" * 10 + "|"]
     for role, r in rows.items():
         lines.append(
             f"| {role} | {r['model']} | {r['auc']:.4f} | {r['auc_lift_share']:.1%} | {r['log_loss']:.4f} | "
             f"{r['ece']:.4f} | {r['expected_participation']:.4f} | {r['participation_vs_xgboost']:.2f}x | "
-            f"{r['coverage']:.1%} |"
+            f"{r['coverage']:.1%} | {r['cold_start_coverage']:.1%} |"
         )
     return "\n".join(lines)
 
@@ -227,6 +243,7 @@ def main() -> None:
             "baseline": result["baseline"],
             "production": result["production"] or "none",
             "holdout_day": result["holdout_day"],
+            "cold_start_requests": result["cold_start_requests"],
             "evaluation_path": result["path"],
             "quality": {"raw_value": markdown_table(table), "type": "md"},
             "plots": {"raw_value": images, "type": "md"},

@@ -100,6 +100,7 @@ def test_landed_days_flow_from_the_sensor_to_recommendations(dagster_instance: d
     assert table["xgboost"]["expected_participation"] < table["candidate"]["expected_participation"]
     assert table["candidate"]["expected_participation"] <= table["oracle"]["expected_participation"]
     assert table["candidate"]["auc"] > table["xgboost"]["auc"] and table["candidate"]["coverage"] == 1.0
+    assert evaluation["cold_start_requests"] > 0 and table["candidate"]["cold_start_coverage"] == 1.0
     assert "data:image/png;base64," in str(evaluation["plots"])
     [check] = result.get_asset_check_evaluations()
     assert check.check_name == "beats_production_and_baseline" and check.passed
