@@ -42,6 +42,7 @@ from discord_ml.cluster.spec import ClusterSpec
 
 _OBJECT_STORE_FRACTION = Decimal("0.3")
 _MIN_OBJECT_STORE = 80 * 2**20  # Ray refuses less than 75 MiB
+WORKER_ATTEMPTS = 2
 
 
 class LocalClusterError(RuntimeError):
@@ -143,13 +144,27 @@ class LocalRayCluster:
             # One node at a time: raylets starting together on a small machine race for ports
             # and miss Ray's fixed 30 s registration window.
             for i in range(self.spec.workers):
-                self._launch(f"worker-{i}", self._worker_args(), on_launch)
-                expected = 2 + i
-                self._wait(lambda n=expected: self.alive_nodes() >= n, deadline, f"{expected} alive Ray nodes")
+                self._start_worker(i, deadline, on_launch)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_worker(self, index: int, deadline: float, on_launch: Callable[[LocalRayCluster], None] | None) -> None:
+        expected = 2 + index
+        for attempt in range(WORKER_ATTEMPTS):
+            self._launch(f"worker-{index}", self._worker_args(), on_launch)
+            try:
+                self._wait(lambda n=expected: self.alive_nodes() >= n, deadline, f"{expected} alive Ray nodes")
+                return
+            except LocalClusterError:
+                worker, head = self.nodes[-1], self.nodes[0]
+                # A raylet that lost a port race or missed Ray's registration window on a loaded
+                # machine exits on its own; it gets one more try with fresh ports. Anything else fails.
+                if attempt == WORKER_ATTEMPTS - 1 or pid_alive(worker.pid) or not pid_alive(head.pid):
+                    raise
+                signal_group(worker.pid, signal.SIGKILL)  # its raylet may outlive `ray start`
+                self.nodes.pop()
 
     def stop(self, *, grace: float = 2.0) -> None:
         """Stop exactly this cluster's processes and remove its temp dir.

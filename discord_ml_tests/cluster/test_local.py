@@ -52,3 +52,20 @@ def test_two_clusters_coexist_and_stop_independently() -> None:
             time.sleep(1)
         assert b.alive_nodes() == 1
     assert processes_using(str(b.temp_dir)) == []
+
+
+def test_a_worker_that_exits_during_start_up_gets_one_more_try(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_args = LocalRayCluster._worker_args
+    calls: list[int] = []
+
+    def first_fails(self: LocalRayCluster) -> list[str]:
+        calls.append(1)
+        return ["--no-such-option"] if len(calls) == 1 else real_args(self)  # `ray start` exits at once
+
+    monkeypatch.setattr(LocalRayCluster, "_worker_args", first_fails)
+    spec = ClusterSpec.build(name="retry-worker", owner="pytest", workers=1, head_memory="1Gi")
+    with LocalRayCluster(spec) as cluster:
+        assert len(calls) == 2
+        assert [n.role for n in cluster.nodes] == ["head", "worker-0"]
+        assert cluster.alive_nodes() == 2
+    assert processes_using(str(cluster.temp_dir)) == []
