@@ -43,6 +43,11 @@ def parse_date(value: str, *, field: str = "date") -> dt.date:
         raise LakeError(f"{field} {value!r} is not a date; use YYYY-MM-DD, e.g. 2026-11-20") from None
 
 
+def window_days(end: dt.date, window: int) -> list[dt.date]:
+    """The `window` days ending at `end`, oldest first."""
+    return [end - dt.timedelta(days=i) for i in range(window - 1, -1, -1)]
+
+
 def date_str(day: dt.date) -> str:
     return day.strftime(DATE_FORMAT)
 
@@ -104,6 +109,9 @@ class Lake:
         return self.path("registry")
 
     def run_storage(self, run_id: str) -> str:
+        """Where a run keeps checkpoints: a path, or a URL under a URL root (the form Ray Train wants)."""
+        if "://" in self.root:
+            return f"{self.root.rstrip('/')}/runs/{run_id}"
         return self.path("runs", run_id)
 
     # --- reading ------------------------------------------------------------------------------
@@ -141,8 +149,7 @@ class Lake:
 
     def missing_features(self, end: dt.date, window: int) -> list[dt.date]:
         """Days of the `window` days ending at `end` that have no published features (empty: ready)."""
-        days = [end - dt.timedelta(days=i) for i in range(window - 1, -1, -1)]
-        return [d for d in days if not self.complete(self.features_dir(d))]
+        return [d for d in window_days(end, window) if not self.complete(self.features_dir(d))]
 
     def read_json(self, path: str) -> Any:
         with self.filesystem.open_input_stream(path) as stream:

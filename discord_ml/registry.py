@@ -10,6 +10,7 @@ free number and, if another writer took it first, the next one.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -152,6 +153,4 @@ class ModelRegistry:
 
 
 def _json_bytes(value: Any) -> bytes:
-    import json
-
     return json.dumps(value, indent=2, sort_keys=True, default=str).encode()

@@ -3,6 +3,7 @@ batch inference. Each heavy step is a Ray job on the run's cluster; every step v
 config and inputs first, so bad input fails before a cluster exists."""
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
@@ -48,7 +49,12 @@ def _upstream(context: dg.AssetExecutionContext, key: str) -> dict[str, Any]:
     materialization = records[0].asset_materialization if records else None
     if materialization is None:
         raise _fail(f"{key} has no materialization for partition {context.partition_key}; materialize it first")
-    return {k: v.value for k, v in materialization.metadata.items()}
+    return _values(materialization.metadata)
+
+
+def _values(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Plain values of materialization metadata (MetadataValue wrappers removed)."""
+    return {k: getattr(v, "value", v) for k, v in (metadata or {}).items()}
 
 
 def _results(results: list[Any]) -> dg.MaterializeResult:
@@ -93,7 +99,7 @@ def quest_features(
     result = _results(ray_cluster.run_job(
         context, f"python -m discord_ml.ml.prep --root {lake.root} {dates}", env=_job_env()))  # fmt: skip
     yield result
-    meta: dict[str, Any] = {k: getattr(v, "value", v) for k, v in (result.metadata or {}).items()}
+    meta = _values(result.metadata)
     share = float(meta["rows_quarantined"]) / max(float(meta["rows_in"]), 1.0)
     yield dg.AssetCheckResult(
         check_name="quarantine_share",
@@ -181,7 +187,10 @@ def gate(table: dict[str, dict[str, Any]]) -> tuple[bool, str]:
         )
     if reasons:
         return False, "; ".join(reasons)
-    return True, "beats " + " and ".join(t["model"] for t in (baseline, production) if t and t is not candidate)
+    beaten = [t["model"] for t in (baseline, production) if t and t["model"] != candidate["model"]]
+    if not beaten:
+        return True, "nothing to beat: the candidate is the XGBoost baseline and there is no production model"
+    return True, "beats " + " and ".join(beaten)
 
 
 @dg.asset(
@@ -214,9 +223,7 @@ def model_evaluation(context: dg.AssetExecutionContext, ray_cluster: RayClusterR
         )
     )
     yield result
-    table = (result.metadata or {})["table_json"]
-    rows = getattr(table, "value", table)
-    passed, why = gate(rows if isinstance(rows, dict) else {})
+    passed, why = gate(_values(result.metadata)["table_json"])
     context.log.info(f"promotion gate for {candidate}: {'passed' if passed else 'failed'}: {why}")
     yield dg.AssetCheckResult(
         check_name=GATE,

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import ray
 from dagster_pipes import open_dagster_pipes
 
-from discord_ml.lake import Lake, LakeError, date_str, parse_date
+from discord_ml.lake import Lake, LakeError, date_str, parse_date, window_days
 from discord_ml.ml.features import DENSE, SPARSE, FeatureSpec, matrices
 from discord_ml.ml.metrics import auc, log_loss
 from discord_ml.ml.models import NEURAL_MODELS, ModelConfig
@@ -35,9 +35,9 @@ FEATURE_COLUMNS = [*SPARSE, *DENSE, "label"]
 DRILL_MARKER = "fault-drill.marker"
 
 
-def window_days(end: dt.date, window: int) -> tuple[list[dt.date], dt.date]:
+def split_window(end: dt.date, window: int) -> tuple[list[dt.date], dt.date]:
     """(training days, held-out day) of the `window` days ending at `end`."""
-    days = [end - dt.timedelta(days=i) for i in range(window - 1, -1, -1)]
+    days = window_days(end, window)
     return days[:-1], days[-1]
 
 
@@ -93,11 +93,6 @@ def train_neural(
 
     from discord_ml.ml.trainer import STATE_FILE, train_loop
 
-    run_parts = ["runs", run_id]
-    storage = lake.run_storage(run_id)
-    if "://" in lake.root:  # Ray Train wants the URL form for remote storage
-        storage = f"{lake.root.rstrip('/')}/{'/'.join(run_parts)}"
-
     def shards(days: list[dt.date]) -> tuple[list[list[Any]], int]:
         ds = ray.data.read_parquet(feature_files(lake, days), filesystem=lake.filesystem, columns=FEATURE_COLUMNS)
         # Each worker permutes its own shard every epoch; a global shuffle would cost more than it gives.
@@ -108,7 +103,7 @@ def train_neural(
     progress = Queue(actor_options={"num_cpus": 0})
     fail_once = None
     if fail_once_at_epoch is not None:
-        fail_once = {"epoch": fail_once_at_epoch, "root": lake.root, "marker": [*run_parts, DRILL_MARKER]}
+        fail_once = {"epoch": fail_once_at_epoch, "root": lake.root, "marker": ["runs", run_id, DRILL_MARKER]}
     config = {
         "model": model.to_dict(),
         "epochs": epochs,
@@ -126,7 +121,7 @@ def train_neural(
         scaling_config=_scaling(workers, use_gpu),
         run_config=RunConfig(
             name="train",
-            storage_path=storage,
+            storage_path=lake.run_storage(run_id),
             failure_config=FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -214,7 +209,7 @@ def train_xgboost(lake: Lake, train: list[dt.date], holdout: dt.date, rounds: in
 
 def train_and_register(args: argparse.Namespace, on_event: Callable[[dict[str, Any]], None]) -> ModelVersion:
     lake = Lake(args.root)
-    train, holdout = window_days(parse_date(args.date, field="partition"), args.window)
+    train, holdout = split_window(parse_date(args.date, field="partition"), args.window)
     feature_files(lake, [*train, holdout])  # fail before any work when a day is missing
     spec = FeatureSpec()  # the one prep hashed with
     card: dict[str, Any] = {
