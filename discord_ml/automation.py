@@ -18,13 +18,12 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG as RANGE_
 
 from discord_ml.assets.quests import DataLakeResource, quests_prep_job, quests_retrain_job
 from discord_ml.cluster.backends import get_provider
+from discord_ml.cluster.lifecycle import staleness
 from discord_ml.cluster.manifests import MANAGED_BY
 from discord_ml.cluster.provider import ClusterInfo, ClusterProvider
 from discord_ml.config import TrainConfig
 from discord_ml.lake import Lake, date_str
 from discord_ml.resources import RayClusterResource
-
-FINISHED = frozenset({dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED})
 
 
 @dataclass(frozen=True)
@@ -42,19 +41,18 @@ def plan_sweep(
     clusters: Sequence[ClusterInfo], run_status: Callable[[str], dg.DagsterRunStatus | None], now: datetime
 ) -> list[SweepAction]:
     """Which platform-managed clusters to delete: past their TTL, or owned by a run that is over."""
+
+    def status_name(run_id: str) -> str | None:
+        status = run_status(run_id)
+        return status.value if status is not None else None
+
     actions = []
     for cluster in clusters:
         if cluster.labels.get("app.kubernetes.io/managed-by") != MANAGED_BY:
             continue
-        if cluster.expired(now):
-            age = int((now - cluster.created).total_seconds())
-            actions.append(SweepAction(cluster, f"past its TTL: {age}s old, TTL {cluster.ttl_seconds}s"))
-        elif cluster.run_id is not None:
-            status = run_status(cluster.run_id)
-            if status is None:
-                actions.append(SweepAction(cluster, f"its Dagster run {cluster.run_id} does not exist"))
-            elif status in FINISHED:
-                actions.append(SweepAction(cluster, f"its Dagster run {cluster.run_id} is {status.value}"))
+        stale = staleness(cluster, status_name, now)
+        if stale is not None:
+            actions.append(SweepAction(cluster, stale.reason))
     return actions
 
 

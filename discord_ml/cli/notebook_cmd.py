@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlparse
 
 import typer
 
 from discord_ml.cli.common import Backend, Namespace, fail, provider
-
-RAY_CLIENT_PORT = 10001
 
 
 def notebook(
@@ -33,28 +28,18 @@ def notebook(
     Example: dml notebook ranking --port 8888
     """
     from discord_ml.cluster.provider import ClusterError
+    from discord_ml.notebooks import jupyter_launch
 
     clusters = provider(backend)
     try:
         connection = clusters.connect(cluster, namespace=namespace)
     except ClusterError as exc:
         fail(str(exc))
-    token = connection.headers["Authorization"].removeprefix("Bearer ")
-    host = urlparse(connection.dashboard_url).hostname
-    address = connection.address or f"ray://{host}:{RAY_CLIENT_PORT}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
-    env.update({"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-                "RAY_DASHBOARD_URL": connection.dashboard_url, "DML_CLUSTER_NAME": cluster})  # fmt: skip
-    lab_token = secrets.token_urlsafe(24)
-    url = f"http://127.0.0.1:{port}/lab?token={lab_token}"
-    typer.echo(f"JupyterLab attached to {cluster} ({address}): {url}")
+    launch = jupyter_launch(connection, cluster, host="127.0.0.1", port=port, notebook_dir=notebook_dir,
+                            lab_token=secrets.token_urlsafe(24))  # fmt: skip
+    typer.echo(f"JupyterLab attached to {cluster} ({launch.ray_address}): {launch.url}")
     typer.echo("stop it with Ctrl-C", err=True)
-    argv = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-            "--port-retries=0", f"--IdentityProvider.token={lab_token}",
-            f"--notebook-dir={notebook_dir.resolve()}"]  # fmt: skip
-    if os.geteuid() == 0:  # containers and CI run as root; Jupyter refuses that unless told
-        argv.append("--allow-root")
     try:
-        raise typer.Exit(subprocess.call(argv, env=env))
+        raise typer.Exit(subprocess.call(launch.argv, env=launch.env))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None

@@ -32,6 +32,7 @@ from discord_ml.cluster.manifests import (
 from discord_ml.cluster.provider import (
     ClusterConnection,
     ClusterError,
+    ClusterEvent,
     ClusterExistsError,
     ClusterInfo,
     ClusterNotFoundError,
@@ -183,6 +184,20 @@ class KubeRayProvider:
         secret = self._call(self.core.read_namespaced_secret, secret_name, namespace)
         token = base64.b64decode((secret.data or {})["auth_token"]).decode()
         return ClusterConnection(f"http://{host}:{port}", {"Authorization": f"Bearer {token}"})
+
+    def events(self, name: str, *, namespace: str | None = None, limit: int = 20) -> list[ClusterEvent]:
+        """Kubernetes events of the RayCluster and of its pods and services (named `<cluster>-...`)."""
+        namespace = namespace or get_settings().default_namespace
+        self.get(name, namespace=namespace)  # a clear not-found error
+        items = self._call(self.core.list_namespaced_event, namespace).items
+        mine = [e for e in items if e.involved_object.name == name or e.involved_object.name.startswith(f"{name}-")]
+        events = [
+            ClusterEvent(e.last_timestamp or e.event_time or e.metadata.creation_timestamp, e.type or "Normal",
+                         f"{e.involved_object.kind}/{e.involved_object.name}", e.reason or "", e.message or "")
+            for e in mine
+        ]  # fmt: skip
+        events.sort(key=lambda e: e.time or datetime.min.replace(tzinfo=UTC))
+        return events[-limit:]
 
     # --- internals ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from discord_ml.cluster.local import LocalClusterError, LocalRayCluster
 from discord_ml.cluster.manifests import cluster_labels
 from discord_ml.cluster.provider import (
     ClusterConnection,
+    ClusterEvent,
     ClusterExistsError,
     ClusterInfo,
     ClusterNotFoundError,
@@ -119,6 +120,23 @@ class LocalRayProvider:
         cluster = self._handle(record)
         return ClusterConnection(info.dashboard_url, cluster.auth_headers(), cluster.address)
 
+    def events(self, name: str, *, namespace: str | None = None, limit: int = 20) -> list[ClusterEvent]:
+        """Creation, then each node's process: running, or exited with the last line of its log."""
+        record = self._record(name, namespace)
+        cluster = self._handle(record)
+        live = cluster.live_nodes()
+        events = [ClusterEvent(record.created, "Normal", record.name, "Created",
+                               f"local cluster with {cluster.spec.workers} worker raylet(s)")]  # fmt: skip
+        for node in cluster.nodes:
+            if live.get(node.role, False):
+                events.append(ClusterEvent(None, "Normal", node.role, "Running", f"ray start (pid {node.pid})"))
+            else:
+                message = f"pid {node.pid} is gone; its log ends: {_last_line(node.log)}"
+                events.append(ClusterEvent(_modified(node.log), "Warning", node.role, "Exited", message))
+        if record.state == "failed" and record.reason:
+            events.append(ClusterEvent(None, "Warning", record.name, "Failed", record.reason))
+        return events[-limit:]
+
     # --- internals ---------------------------------------------------------------------------
 
     def _record(self, name: str, namespace: str | None) -> ClusterRecord:
@@ -172,3 +190,18 @@ class LocalRayProvider:
             labels=cluster_labels(spec, pool),
             ttl_seconds=spec.ttl_seconds,
         )
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
+
+
+def _modified(path: Path) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except OSError:
+        return None

@@ -83,6 +83,17 @@ class ClusterConnection:
     address: str | None = None  # GCS address, where the backend exposes one (local)
 
 
+@dataclass(frozen=True)
+class ClusterEvent:
+    """Something that happened to a cluster or one of its nodes/pods (newest last in lists)."""
+
+    time: datetime | None
+    type: str  # "Normal" or "Warning", as Kubernetes events
+    source: str  # the node or pod it is about
+    reason: str
+    message: str
+
+
 Progress = Callable[[ClusterInfo], None]
 
 
@@ -159,4 +170,12 @@ class ClusterProvider(Protocol):
 
     def connect(self, name: str, *, namespace: str | None = None) -> ClusterConnection:
         """Dashboard URL and auth headers for the Ray Jobs API of a ready cluster."""
+        ...
+
+    def events(self, name: str, *, namespace: str | None = None, limit: int = 20) -> list[ClusterEvent]:
+        """The cluster's most recent events (scheduling failures, node exits), oldest first.
+
+        Raises:
+            ClusterNotFoundError: no such cluster.
+        """
         ...

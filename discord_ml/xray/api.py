@@ -1,0 +1,105 @@
+"""The JSON API under /api: each page's data for scripts, live logs as server-sent events, the actions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+
+from discord_ml.xray.auth import csrf_token
+from discord_ml.xray.deps import Actor, Chosen, Service, User
+from discord_ml.xray.ray_api import DashboardUnavailable, check_job_id
+
+CLUSTER = "/clusters/{backend}/{namespace}/{name}"
+router = APIRouter(prefix="/api")
+
+
+def _wants_html(request: Request) -> bool:
+    """A plain form post (no JavaScript) wants a page back, not JSON."""
+    return "text/html" in request.headers.get("accept", "") and "x-csrf-token" not in request.headers
+
+
+@router.get("/me")
+def me(service: Service, user: User) -> dict[str, Any]:
+    """Who you are, and the CSRF token scripts send as X-CSRF-Token on POSTs."""
+    return {"user": user.user, "groups": sorted(user.groups), "admin": user.admin,
+            "csrf_token": csrf_token(user, service.config.secret)}  # fmt: skip
+
+
+@router.get("/clusters")
+async def clusters(service: Service, user: User, chosen: Chosen) -> JSONResponse:
+    """Clusters of every backend, newest first, filtered by owner, team and status."""
+    listing = await service.list_clusters(chosen, user)
+    # rows are plain JSON already: skipping jsonable_encoder makes 1,000 rows 3x faster (bench/xray.py)
+    return JSONResponse({"clusters": [r.to_json() for r in listing.rows], "total": listing.total,
+                         "problems": listing.problems, "filters": chosen.query(),
+                         "generated": listing.generated.isoformat()})  # fmt: skip
+
+
+@router.get(CLUSTER)
+async def cluster(service: Service, user: User, backend: str, namespace: str, name: str) -> dict[str, Any]:
+    """One cluster with its nodes' use, jobs and events; `dashboard_error` says why a dashboard part is missing."""
+    return jsonable_encoder(await service.detail(backend, namespace, name, user))
+
+
+@router.get(CLUSTER + "/jobs/{job_id}")
+async def job(service: Service, user: User, backend: str, namespace: str, name: str, job_id: str) -> dict[str, Any]:
+    """One Ray job's status and timing."""
+    dashboard = await service.dashboard(await service.get(backend, namespace, name))
+    return jsonable_encoder(await dashboard.job(check_job_id(job_id)))
+
+
+@router.get(CLUSTER + "/jobs/{job_id}/logs", response_class=PlainTextResponse)
+async def job_logs(service: Service, user: User, backend: str, namespace: str, name: str,
+                   job_id: str) -> PlainTextResponse:  # fmt: skip
+    """The job's whole log so far, as a download."""
+    dashboard = await service.dashboard(await service.get(backend, namespace, name))
+    text = await dashboard.logs(check_job_id(job_id))
+    return PlainTextResponse(text, headers={"Content-Disposition": f'attachment; filename="{name}-{job_id}.log"'})
+
+
+@router.get(CLUSTER + "/jobs/{job_id}/logs/stream")
+async def job_log_stream(service: Service, user: User, backend: str, namespace: str, name: str,
+                         job_id: str) -> Response:  # fmt: skip
+    """Server-sent events: one `data` per log line as the job prints it, then `end` with the final status."""
+    dashboard = await service.dashboard(await service.get(backend, namespace, name))
+    await dashboard.job(check_job_id(job_id))  # a 404 now, not a stream that never starts
+
+    async def stream() -> AsyncIterator[str]:
+        yield "retry: 3000\n\n"
+        try:
+            async for line in dashboard.tail(job_id):
+                yield ": keep-alive\n\n" if line is None else f"data: {line.replace(chr(13), '')}\n\n"
+        except DashboardUnavailable as exc:
+            yield f"event: problem\ndata: {exc}\n\n"
+        try:
+            status = (await dashboard.job(job_id)).status
+        except (DashboardUnavailable, LookupError):
+            status = "UNKNOWN"
+        yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
+
+
+@router.post(CLUSTER + "/delete")
+async def delete(request: Request, service: Service, user: Actor, backend: str, namespace: str, name: str) -> Response:
+    """Delete the cluster: its owner or an admin only; CSRF token required."""
+    gone = await service.delete(backend, namespace, name, user)
+    if _wants_html(request):
+        return RedirectResponse("/", status_code=303)
+    return JSONResponse({"deleted": f"{gone.backend}/{gone.namespace}/{gone.name}", "by": user.user})
+
+
+@router.post(CLUSTER + "/notebook")
+async def notebook(request: Request, service: Service, user: Actor, backend: str, namespace: str,
+                   name: str) -> Response:  # fmt: skip
+    """Start (or find) JupyterLab attached to the cluster and answer its URL: owner or admin only."""
+    session = await service.notebook(backend, namespace, name, user)
+    if _wants_html(request):
+        return RedirectResponse(session.url, status_code=303)
+    return JSONResponse({"url": session.url, "started_by": session.started_by})

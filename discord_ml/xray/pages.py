@@ -1,0 +1,60 @@
+"""The HTML pages and the fragments their script re-fetches to refresh in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+from discord_ml.xray.auth import Identity, csrf_token
+from discord_ml.xray.deps import Chosen, Service, User, make_templates
+from discord_ml.xray.ray_api import check_job_id
+from discord_ml.xray.service import XRayService
+
+CLUSTER = "/{backend}/{namespace}/{name}"
+templates = make_templates(str(Path(__file__).parent / "templates"))
+router = APIRouter(default_response_class=HTMLResponse, include_in_schema=False)
+
+
+def render(request: Request, name: str, service: XRayService, user: Identity, **context: Any) -> HTMLResponse:
+    refresh_ms = int(service.config.refresh_seconds * 1000)
+    return templates.TemplateResponse(
+        request, name, {"user": user, "csrf": csrf_token(user, service.config.secret), "refresh_ms": refresh_ms,
+                        **context},
+    )  # fmt: skip
+
+
+@router.get("/")
+async def clusters_page(request: Request, service: Service, user: User, chosen: Chosen) -> HTMLResponse:
+    listing = await service.list_clusters(chosen, user)
+    return render(request, "clusters.html", service, user, listing=listing, backends=list(service.providers))
+
+
+@router.get("/fragments/clusters")
+async def clusters_fragment(request: Request, service: Service, user: User, chosen: Chosen) -> HTMLResponse:
+    return render(request, "cluster_rows.html", service, user, listing=await service.list_clusters(chosen, user))
+
+
+@router.get("/clusters" + CLUSTER)
+async def cluster_page(request: Request, service: Service, user: User, backend: str, namespace: str,
+                       name: str) -> HTMLResponse:  # fmt: skip
+    detail = await service.detail(backend, namespace, name, user)
+    return render(request, "cluster.html", service, user, detail=detail, c=detail.cluster)
+
+
+@router.get("/fragments/clusters" + CLUSTER)
+async def cluster_fragment(request: Request, service: Service, user: User, backend: str, namespace: str,
+                           name: str) -> HTMLResponse:  # fmt: skip
+    detail = await service.detail(backend, namespace, name, user)
+    return render(request, "cluster_panels.html", service, user, detail=detail, c=detail.cluster)
+
+
+@router.get("/clusters" + CLUSTER + "/jobs/{job_id}")
+async def job_page(request: Request, service: Service, user: User, backend: str, namespace: str, name: str,
+                   job_id: str) -> HTMLResponse:  # fmt: skip
+    cluster = await service.get(backend, namespace, name)
+    dashboard = await service.dashboard(cluster)
+    job = await dashboard.job(check_job_id(job_id))
+    return render(request, "job.html", service, user, c=await service.row(cluster, user), job=job)
