@@ -92,12 +92,12 @@ def test_code_location_role_grants_exactly_these_verbs() -> None:
         ("", "events"): {"get", "list", "watch"},
         ("", "pods/log"): {"get"},
     }
-    [binding] = [o for _, o in _objects() if o["kind"] == "RoleBinding"]
+    [binding] = [o for _, o in _objects() if o["kind"] == "RoleBinding" and o["roleRef"]["kind"] == "Role"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "discord-ml-code-location",
                                     "namespace": "ml-platform"}]  # fmt: skip
 
 
-def test_xray_is_read_only() -> None:
+def test_xray_reads_everywhere_and_acts_only_where_a_team_namespace_binds_it() -> None:
     rules = _rules("ClusterRole", "discord-ml-xray-reader")
     assert rules == {
         ("ray.io", "rayclusters"): {"get", "list", "watch"},
@@ -107,8 +107,26 @@ def test_xray_is_read_only() -> None:
         ("", "events"): {"get", "list", "watch"},
         ("", "pods/log"): {"get"},
     }
+    assert _rules("ClusterRole", "discord-ml-xray-operator") == {
+        ("ray.io", "rayclusters"): {"get", "delete"},
+        ("", "secrets"): {"get", "delete"},
+        ("networking.k8s.io", "networkpolicies"): {"delete"},
+    }
+    bindings = [o for _, o in _objects() if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
+                and o["roleRef"]["name"] == "discord-ml-xray-operator"]  # fmt: skip
+    assert [(b["kind"], b["metadata"]["namespace"]) for b in bindings] == [("RoleBinding", "ml")]  # never cluster-wide
+    assert bindings[0]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "discord-ml-xray", "namespace": "ml-platform"}
+    ]
     [deployment] = [o for _, o in _objects() if o["kind"] == "Deployment"]
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "discord-ml-xray"
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["DML_XRAY_AUTH"]["value"] == "header" and "secretKeyRef" in env["DML_XRAY_SECRET"]["valueFrom"]
+    [policy] = [
+        o for _, o in _objects() if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "xray-from-auth-proxy"
+    ]
+    assert [p["podSelector"] for rule in policy["spec"]["ingress"] for p in rule["from"]] == [
+        {"matchLabels": {"app.kubernetes.io/name": "oauth2-proxy"}}]  # fmt: skip
     # The platform's security rules (restricted profile); X-Ray reads the Kubernetes API, so it is
     # the one pod that keeps its service account token.
     violations = validate_manifest(deployment)
@@ -143,6 +161,36 @@ def test_role_covers_every_call_the_provider_makes(kuberay_api: KubeEmulator) ->
     assert {("ray.io", "rayclusters", "create"), ("", "secrets", "create")} <= used
     missing = sorted(u for u in used if u[2] not in granted.get((u[0], u[1]), set()))
     assert missing == [], f"the provider needs grants the Role lacks: {missing}"
+
+
+def test_xray_grants_cover_every_call_its_provider_makes(kuberay_api: KubeEmulator) -> None:
+    provider = KubeRayProvider()
+    provider.create(ClusterSpec.build(name="xray-probe", owner="pytest", workers=1, head_memory="1Gi"))
+    provider.wait_ready("xray-probe", timeout=120)
+    kuberay_api.requests.clear()  # from here on: what X-Ray does
+    provider.list()
+    provider.get("xray-probe")
+    provider.events("xray-probe")
+    provider.connect("xray-probe")
+    provider.delete("xray-probe")
+    reader, operator = (
+        _rules("ClusterRole", "discord-ml-xray-reader"),
+        _rules("ClusterRole", "discord-ml-xray-operator"),
+    )
+    used = set()
+    for method, path in kuberay_api.requests:
+        plain = path.split("?")[0]
+        if plain == "/apis/ray.io/v1/rayclusters":  # list across namespaces: the reader's ClusterRole
+            used.add(("ray.io", "rayclusters", "list"))
+            continue
+        match = _PATH.match(plain)
+        assert match, f"unexpected call {method} {path}"
+        group = "" if path.startswith("/api/") else match["group"]
+        verb = "list" if method == "GET" and not match["name"] else _VERBS[method]
+        used.add((group, match["resource"], verb))
+    assert {("ray.io", "rayclusters", "delete"), ("", "secrets", "get"), ("", "events", "list")} <= used
+    missing = sorted(u for u in used if u[2] not in reader.get((u[0], u[1]), set()) | operator.get((u[0], u[1]), set()))
+    assert missing == [], f"X-Ray needs grants its roles lack: {missing}"
 
 
 @pytest.mark.parametrize("path", POOL_FILES, ids=[p.name for p in POOL_FILES])
