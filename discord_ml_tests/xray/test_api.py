@@ -10,15 +10,21 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import pytest
 from fastapi.testclient import TestClient
 
+from discord_ml.cluster.kuberay import KubeRayProvider
 from discord_ml.cluster.processes import group_alive
 from discord_ml.cluster.provider import ClusterStatus
+from discord_ml.cluster.spec import ClusterSpec
 from discord_ml.jobs import submit_and_follow
-from discord_ml.xray.runs import DagsterRunStatuses
+from discord_ml.xray.app import create_app
+from discord_ml.xray.config import XRayConfig
+from discord_ml.xray.runs import DagsterRunStatuses, no_run_statuses
+from discord_ml_tests.support.k8s_emulator import KubeEmulator
 from discord_ml_tests.xray.conftest import XRayWorld, make_app
 
 pytestmark = pytest.mark.slow
@@ -245,3 +251,39 @@ def test_local_mode_acts_as_the_local_user(xray_world: XRayWorld) -> None:
         assert local.get("/api/me", headers=BOB).json()["user"] == "alice"  # the header is not trusted
         rows = {r["name"]: r["may_manage"] for r in local.get("/api/clusters").json()["clusters"]}
         assert rows["xr-alice"] and not rows["xr-bob"]
+
+
+def test_kuberay_clusters_show_pending_reasons_and_events_and_a_broken_backend_is_one_line(
+    xray_world: XRayWorld, kuberay_api: KubeEmulator, tmp_path: Path
+) -> None:
+    kuberay_api.modes["xr-gpu"] = "pending"
+    kuberay = KubeRayProvider()
+    kuberay.create(ClusterSpec.build(name="xr-gpu", owner="alice", team="ads", gpu_pool="a100:8", workers=2))
+    config = XRayConfig(auth="header", backends=("local", "kuberay"))
+    both = create_app(config, providers={"local": xray_world.provider, "kuberay": kuberay},
+                      run_statuses=no_run_statuses, notebooks_root=tmp_path)  # fmt: skip
+    try:
+        with TestClient(both) as client:
+            rows = {r["key"]: r for r in client.get("/api/clusters", headers=ALICE).json()["clusters"]}
+            gpu = rows["kuberay/ml/xr-gpu"]
+            assert "local/ml/xr-bob" in rows and gpu["status"] == "pending" and gpu["gpus"] == 16
+            assert "FailedScheduling" in gpu["reason"] and gpu["workers_desired"] == 2
+            detail = client.get("/api/clusters/kuberay/ml/xr-gpu", headers=ALICE).json()
+            assert detail["dashboard_error"].startswith("Ray dashboard not available")
+            [event] = detail["events"]
+            assert (event["type"], event["reason"]) == ("Warning", "FailedScheduling")
+            assert event["source"].startswith("Pod/xr-gpu-head")
+    finally:
+        kuberay.delete("xr-gpu")
+    kubeconfig = Path(os.environ["KUBECONFIG"])
+    dead = tmp_path / "dead-kubeconfig"
+    dead.write_text(kubeconfig.read_text().replace(kuberay_api.url, "http://127.0.0.1:1"))  # nothing listens
+    broken = create_app(config, run_statuses=no_run_statuses, notebooks_root=tmp_path,
+                        providers={"local": xray_world.provider,
+                                   "kuberay": KubeRayProvider(kubeconfig=str(dead), retries=1)})  # fmt: skip
+    with TestClient(broken) as client:
+        body = client.get("/api/clusters", headers=ALICE).json()
+        assert [p.split(":")[0] for p in body["problems"]] == ["kuberay"]
+        assert "Kubernetes API unreachable" in body["problems"][0]
+        assert "xr-bob" in [r["name"] for r in body["clusters"]]  # the other backend still shows
+        assert "Kubernetes API unreachable" in client.get("/", headers=ALICE).text
