@@ -134,8 +134,25 @@ def test_xray_reads_everywhere_and_acts_only_where_a_team_namespace_binds_it() -
 
 
 _VERBS = {"GET": "get", "POST": "create", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}
-_PATH = re.compile(r"^/apis?/(?:(?P<group>[^/]+)/)?v[^/]+/namespaces/[^/]+/(?P<resource>[^/]+)(?:/(?P<name>[^/]+))?"
-                   r"(?:/(?P<sub>[^/]+))?$")  # fmt: skip
+_PATH = re.compile(r"^/apis?/(?:(?P<group>[^/]+)/)?v[^/]+/(?P<ns>namespaces/[^/]+/)?(?P<resource>[^/]+)"
+                   r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>[^/]+))?$")  # fmt: skip
+Grant = tuple[str, str, str]
+
+
+def _grants_used(requests: list[tuple[str, str]]) -> tuple[set[Grant], list[str]]:
+    """The (group, resource, verb) each API call needs, and the calls that were not namespaced."""
+    used: set[Grant] = set()
+    cluster_wide = []
+    for method, path in requests:
+        plain = path.split("?")[0]
+        match = _PATH.match(plain)
+        assert match, f"unexpected call {method} {path}"
+        if not match["ns"]:
+            cluster_wide.append(f"{method} {plain}")
+        group = "" if path.startswith("/api/") else match["group"]
+        resource = match["resource"] + (f"/{match['sub']}" if match["sub"] else "")
+        used.add((group, resource, "list" if method == "GET" and not match["name"] else _VERBS[method]))
+    return used, cluster_wide
 
 
 def test_role_covers_every_call_the_provider_makes(kuberay_api: KubeEmulator) -> None:
@@ -150,14 +167,8 @@ def test_role_covers_every_call_the_provider_makes(kuberay_api: KubeEmulator) ->
     finally:
         provider.delete("rbac-probe")
     granted = _rules("Role", "discord-ml-ray-manager")
-    used = set()
-    for method, path in kuberay_api.requests:
-        match = _PATH.match(path.split("?")[0])
-        assert match, f"the provider called a non-namespaced endpoint: {method} {path}"
-        group = "" if path.startswith("/api/") else match["group"]
-        resource = match["resource"] + (f"/{match['sub']}" if match["sub"] else "")
-        verb = "list" if method == "GET" and not match["name"] else _VERBS[method]
-        used.add((group, resource, verb))
+    used, cluster_wide = _grants_used(kuberay_api.requests)
+    assert cluster_wide == [], "the provider called non-namespaced endpoints, which a Role cannot grant"
     assert {("ray.io", "rayclusters", "create"), ("", "secrets", "create")} <= used
     missing = sorted(u for u in used if u[2] not in granted.get((u[0], u[1]), set()))
     assert missing == [], f"the provider needs grants the Role lacks: {missing}"
@@ -177,17 +188,8 @@ def test_xray_grants_cover_every_call_its_provider_makes(kuberay_api: KubeEmulat
         _rules("ClusterRole", "discord-ml-xray-reader"),
         _rules("ClusterRole", "discord-ml-xray-operator"),
     )
-    used = set()
-    for method, path in kuberay_api.requests:
-        plain = path.split("?")[0]
-        if plain == "/apis/ray.io/v1/rayclusters":  # list across namespaces: the reader's ClusterRole
-            used.add(("ray.io", "rayclusters", "list"))
-            continue
-        match = _PATH.match(plain)
-        assert match, f"unexpected call {method} {path}"
-        group = "" if path.startswith("/api/") else match["group"]
-        verb = "list" if method == "GET" and not match["name"] else _VERBS[method]
-        used.add((group, match["resource"], verb))
+    used, cluster_wide = _grants_used(kuberay_api.requests)
+    assert cluster_wide == ["GET /apis/ray.io/v1/rayclusters"]  # listing every namespace: the reader ClusterRole
     assert {("ray.io", "rayclusters", "delete"), ("", "secrets", "get"), ("", "events", "list")} <= used
     missing = sorted(u for u in used if u[2] not in reader.get((u[0], u[1]), set()) | operator.get((u[0], u[1]), set()))
     assert missing == [], f"X-Ray needs grants its roles lack: {missing}"

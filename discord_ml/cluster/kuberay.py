@@ -141,11 +141,7 @@ class KubeRayProvider:
             raise ClusterNotFoundError(
                 f"no RayCluster {name!r} in namespace {namespace!r} (see dml cluster list -A)"
             ) from None
-        info = self._info(obj)
-        if info.status == ClusterStatus.PENDING:
-            reason = self._pending_reason(namespace, name)
-            info = dataclasses.replace(info, reason=reason or info.reason)
-        return info
+        return self._explained(self._info(obj))
 
     def list(self, selector: Mapping[str, str] | None = None, *, namespace: str | None = None) -> list[ClusterInfo]:
         """RayClusters whose labels include `selector`, in one namespace or all of them."""
@@ -156,7 +152,7 @@ class KubeRayProvider:
         else:
             result = self._call(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
                                 label_selector=label_selector)  # fmt: skip
-        return [self._info(item) for item in result.get("items", [])]
+        return [self._explained(self._info(item)) for item in result.get("items", [])]
 
     def delete(self, name: str, *, namespace: str | None = None) -> None:
         """Delete the RayCluster (KubeRay removes its pods and services), its NetworkPolicy and token."""
@@ -222,6 +218,12 @@ class KubeRayProvider:
                     continue
                 raise ClusterError(f"Kubernetes API unreachable after {attempt} attempts: {exc}") from exc
         raise AssertionError("unreachable")
+
+    def _explained(self, info: ClusterInfo) -> ClusterInfo:
+        """A pending cluster with why its pods are pending (their scheduling events), not just the condition."""
+        if info.status != ClusterStatus.PENDING:
+            return info
+        return dataclasses.replace(info, reason=self._pending_reason(info.namespace, info.name) or info.reason)
 
     def _pending_reason(self, namespace: str, name: str) -> str:
         pods = self._call(self.core.list_namespaced_pod, namespace, label_selector=f"ray.io/cluster={name}")

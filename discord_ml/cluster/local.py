@@ -31,6 +31,7 @@ from discord_ml.cluster.processes import (
     free_ports,
     is_ours,
     live_groups,
+    log_tail,
     pid_alive,
     processes_using,
     signal_group,
@@ -294,12 +295,12 @@ class LocalRayCluster:
                 if not pid_alive(node.pid):
                     raise LocalClusterError(
                         f"local cluster {self.spec.cluster_name!r}: {node.role} exited "
-                        f"while waiting for {what}:\n{_tail(node.log)}\n{self._ray_errors()}"
+                        f"while waiting for {what}:\n{log_tail(node.log)}\n{self._ray_errors()}"
                     )
             if ready():
                 return
             time.sleep(0.5)
-        logs = "\n".join(f"--- {n.role}\n{_tail(n.log)}" for n in self.nodes)
+        logs = "\n".join(f"--- {n.role}\n{log_tail(n.log)}" for n in self.nodes)
         raise LocalClusterError(
             f"local cluster {self.spec.cluster_name!r}: timed out waiting for {what}\n{logs}\n{self._ray_errors()}"
         )
@@ -308,7 +309,7 @@ class LocalRayCluster:
         """Tails of the non-empty `*.err` logs of the Ray session (where module crashes land)."""
         logs = self.temp_dir / "session_latest" / "logs"
         errs = [p for p in sorted(logs.glob("*.err")) if p.stat().st_size] if logs.is_dir() else []
-        return "\n".join(f"--- {p.name}\n{_tail(p, 10)}" for p in errs[:4])
+        return "\n".join(f"--- {p.name}\n{log_tail(p, 10)}" for p in errs[:4])
 
     def _get(self, path: str) -> Any:
         request = urllib.request.Request(self.dashboard_url + path, headers=self.auth_headers())
@@ -330,10 +331,3 @@ class LocalRayCluster:
             return 0
         nodes = payload.get("data", {}).get("result", {}).get("result", [])
         return sum(1 for n in nodes if n.get("state") == "ALIVE")
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

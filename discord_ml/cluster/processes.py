@@ -123,6 +123,14 @@ def spawn_detached(argv: list[str], *, log: Path, env: dict[str, str]) -> int:
     return int(out.stdout.strip())
 
 
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last `lines` lines of a process's log, for error messages ("(no log)" when unreadable)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 def signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from discord_ml.cluster.processes import free_ports
+from discord_ml.cluster.processes import free_ports, log_tail
 from discord_ml.cluster.provider import ClusterConnection
 from discord_ml.notebooks import jupyter_launch
 
@@ -77,14 +77,15 @@ class NotebookSessions:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if not session.alive:
-                raise NotebookError(f"JupyterLab exited with code {session.process.returncode}:\n{_tail(session.log)}")
+                code = session.process.returncode
+                raise NotebookError(f"JupyterLab exited with code {code}:\n{log_tail(session.log, 20)}")
             try:
                 with socket.create_connection((self.host, port), timeout=1):
                     return
             except OSError:
                 time.sleep(0.3)
         self._terminate(session)
-        raise NotebookError(f"JupyterLab did not listen within {self.start_timeout:.0f}s:\n{_tail(session.log)}")
+        raise NotebookError(f"JupyterLab did not listen within {self.start_timeout:.0f}s:\n{log_tail(session.log, 20)}")
 
     def stop(self, key: str) -> None:
         with self._lock:
@@ -105,10 +106,3 @@ class NotebookSessions:
             except subprocess.TimeoutExpired:
                 session.process.kill()
                 session.process.wait()
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

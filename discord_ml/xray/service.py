@@ -18,7 +18,6 @@ from discord_ml.cluster.provider import (
     ClusterInfo,
     ClusterNotFoundError,
     ClusterProvider,
-    ClusterStatus,
 )
 from discord_ml.xray.auth import Identity, authorize
 from discord_ml.xray.config import XRayConfig
@@ -76,10 +75,9 @@ class XRayService:
 
         async def one(backend: str, provider: ClusterProvider) -> list[ClusterInfo] | str:
             try:
-                listed = await run_in_threadpool(provider.list)
+                return await run_in_threadpool(provider.list)
             except (ClusterError, OSError) as exc:
                 return f"{backend}: clusters could not be listed: {exc}"
-            return [await self._with_pending_reason(provider, c) for c in listed]
 
         results = await asyncio.gather(*(one(b, p) for b, p in self.providers.items()))
         clusters = [c for r in results if not isinstance(r, str) for c in r]
@@ -89,15 +87,6 @@ class XRayService:
         rows = cluster_rows(clusters, filters, now=now, run_statuses=statuses, dagster_url=self.config.dagster_url,
                             identity=identity)  # fmt: skip
         return ClusterList(rows, len(clusters), problems, filters, now)
-
-    async def _with_pending_reason(self, provider: ClusterProvider, cluster: ClusterInfo) -> ClusterInfo:
-        """A listing carries the operator's condition; `get` adds why pods are pending (their events)."""
-        if cluster.status != ClusterStatus.PENDING:
-            return cluster
-        try:
-            return await run_in_threadpool(lambda: provider.get(cluster.name, namespace=cluster.namespace))
-        except ClusterError:
-            return cluster
 
     async def _statuses(self, clusters: list[ClusterInfo]) -> dict[str, str | None]:
         run_ids = {c.run_id for c in clusters if c.run_id}
