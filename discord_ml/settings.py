@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, Field
 
 ENV_PREFIX = "DML_"
+_N = TypeVar("_N", int, float)
 
 
 class Settings(BaseModel):
@@ -32,6 +35,18 @@ class Settings(BaseModel):
     )
     partitions_start: str = Field(
         description="First day of the daily partitions of the quests pipeline, YYYY-MM-DD (DML_PARTITIONS_START).",
+    )
+    local_start_timeout_s: float = Field(
+        gt=0,
+        description=(
+            "Seconds one local Ray node (head or worker) may take to come up before it is restarted with fresh "
+            "ports and a fresh temp dir (DML_LOCAL_START_TIMEOUT_S); raise it on a slow or busy machine."
+        ),
+    )
+    local_start_attempts: int = Field(
+        ge=1,
+        le=10,
+        description="How often a local Ray node is started before the cluster gives up (DML_LOCAL_START_ATTEMPTS).",
     )
     platform_namespace: str = Field(
         description=(
@@ -61,4 +76,15 @@ def get_settings() -> Settings:
         default_image=env.get(f"{ENV_PREFIX}DEFAULT_IMAGE", "rayproject/ray:2.60.0-py311"),
         default_namespace=env.get(f"{ENV_PREFIX}NAMESPACE", "ml"),
         platform_namespace=env.get(f"{ENV_PREFIX}PLATFORM_NAMESPACE", "ml-platform"),
+        # 120 s holds on a 2-core machine with one core kept busy (a head needs 10 s idle, up to ~60 s there).
+        local_start_timeout_s=_number(env, "LOCAL_START_TIMEOUT_S", "120", float),
+        local_start_attempts=_number(env, "LOCAL_START_ATTEMPTS", "3", int),
     )
+
+
+def _number(env: Mapping[str, str], name: str, default: str, kind: type[_N]) -> _N:
+    raw = env.get(ENV_PREFIX + name, default)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name}={raw!r} is not a number; set it to e.g. {default} or unset it") from None

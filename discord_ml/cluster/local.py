@@ -9,6 +9,7 @@ own process groups, never anyone else's Ray.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -19,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -40,10 +41,10 @@ from discord_ml.cluster.processes import (
 )
 from discord_ml.cluster.quantity import parse_quantity
 from discord_ml.cluster.spec import ClusterSpec
+from discord_ml.settings import get_settings
 
 _OBJECT_STORE_FRACTION = Decimal("0.3")
 _MIN_OBJECT_STORE = 80 * 2**20  # Ray refuses less than 75 MiB
-WORKER_ATTEMPTS = 2
 
 
 class LocalClusterError(RuntimeError):
@@ -68,6 +69,49 @@ def ray_executable() -> str:
     return str(candidate)
 
 
+@dataclass(frozen=True)
+class _StartPolicy:
+    node_timeout: float
+    attempts: int
+
+
+@contextlib.contextmanager
+def start_lock(directory: Path, *, timeout: float) -> Iterator[None]:
+    """Hold the machine-wide local-cluster start lock (released by the kernel if we die).
+
+    Raises:
+        LocalClusterError: another start held it for `timeout` seconds.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "start.lock"
+    with path.open("a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LocalClusterError(
+                        f"another local cluster has been starting for over {timeout:.0f} s ({path} is locked); "
+                        "wait for it, or stop the process that holds it (fuser " + str(path) + ")"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def load_summary() -> str:
+    """ "load average 3.1 on 2 cores", for messages about a slow start."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return f"{os.cpu_count()} cores"
+    return f"load average {load:.1f} on {os.cpu_count()} cores"
+
+
 @dataclass
 class _Node:
     role: str
@@ -90,6 +134,7 @@ class LocalRayCluster:
         self.temp_dir = self.dir / "r"
         self.token_file = self.dir / "auth_token"
         self.gcs_port = self.dashboard_port = self._client_port = 0
+        self._node_timeout = get_settings().local_start_timeout_s
 
     # --- addresses ---------------------------------------------------------------------------
 
@@ -124,48 +169,82 @@ class LocalRayCluster:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(
-        self, *, timeout: float = 120.0, on_launch: Callable[[LocalRayCluster], None] | None = None
+        self,
+        *,
+        node_timeout: float | None = None,
+        attempts: int | None = None,
+        on_launch: Callable[[LocalRayCluster], None] | None = None,
     ) -> LocalRayCluster:
-        """Start the head and the workers and wait until every node is alive.
+        """Start the head, then each worker, and wait until every node is alive.
 
-        `on_launch` is called after the ports are chosen and after each node is launched, so a
-        registry can record what exists before the cluster is ready.
+        A node that exits or does not come up within `node_timeout` (default
+        `DML_LOCAL_START_TIMEOUT_S`) is stopped and started again with fresh ports (the head also
+        with a fresh temp dir), up to `attempts` times (default `DML_LOCAL_START_ATTEMPTS`): on a
+        busy machine Ray's fixed 30 s registration window is missed now and then. Starts are
+        serialized machine-wide (a file lock): raylets starting together race for ports and CPU.
+        `on_launch` is called after each node is launched, so a registry can record what exists
+        before the cluster is ready.
 
         Raises:
-            LocalClusterError: with the failing node's log tail; everything started is stopped.
+            LocalClusterError: a node gave up (which one, how long it waited, the load, the log
+                tail and what to do); everything started is stopped.
         """
-        deadline = time.monotonic() + timeout
+        settings = get_settings()
+        policy = _StartPolicy(node_timeout or settings.local_start_timeout_s, attempts or settings.local_start_attempts)
+        self._node_timeout = policy.node_timeout
         self.dir.mkdir(parents=True, exist_ok=False)
         self.token_file.write_text(self.token_value or secrets.token_urlsafe(32))
         self.token_file.chmod(0o600)
         try:
-            self.gcs_port, self.dashboard_port, self._client_port = free_ports(3)
-            self._launch("head", self._head_args(), on_launch)
-            self._wait(self._dashboard_ok, deadline, "the head's dashboard to answer")
-            # One node at a time: raylets starting together on a small machine race for ports
-            # and miss Ray's fixed 30 s registration window.
-            for i in range(self.spec.workers):
-                self._start_worker(i, deadline, on_launch)
+            with start_lock(self.dir.parent, timeout=policy.node_timeout * policy.attempts * 2):
+                self._start_node("head", policy, on_launch)
+                for i in range(self.spec.workers):
+                    self._start_node(f"worker-{i}", policy, on_launch)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _start_worker(self, index: int, deadline: float, on_launch: Callable[[LocalRayCluster], None] | None) -> None:
-        expected = 2 + index
-        for attempt in range(WORKER_ATTEMPTS):
-            self._launch(f"worker-{index}", self._worker_args(), on_launch)
+    def _start_node(self, role: str, policy: _StartPolicy, on_launch: Callable[[LocalRayCluster], None] | None) -> None:
+        began, failure = time.monotonic(), None
+        for _ in range(policy.attempts):
+            if role == "head":
+                self.gcs_port, self.dashboard_port, self._client_port = free_ports(3)
+                expected = 1
+                args, what = self._head_args(), "the head's dashboard to list the head node as alive"
+            else:
+                expected = len(self.nodes) + 1
+                args, what = self._worker_args(), f"{expected} alive Ray nodes"
+            self._launch(role, args, on_launch)
             try:
-                self._wait(lambda n=expected: self.alive_nodes() >= n, deadline, f"{expected} alive Ray nodes")
+                self._wait(lambda n=expected: self.alive_nodes() >= n, time.monotonic() + policy.node_timeout, what)
                 return
-            except LocalClusterError:
-                worker, head = self.nodes[-1], self.nodes[0]
-                # A raylet that lost a port race or missed Ray's registration window on a loaded
-                # machine exits on its own; it gets one more try with fresh ports. Anything else fails.
-                if attempt == WORKER_ATTEMPTS - 1 or pid_alive(worker.pid) or not pid_alive(head.pid):
-                    raise
-                signal_group(worker.pid, signal.SIGKILL)  # its raylet may outlive `ray start`
-                self.nodes.pop()
+            except LocalClusterError as exc:
+                failure = exc
+                self._discard_last_node()
+                if role != "head" and not pid_alive(self.nodes[0].pid):
+                    raise  # the head died: a new worker cannot help
+        waited = time.monotonic() - began
+        raise LocalClusterError(
+            f"local cluster {self.spec.cluster_name!r}: the {role} did not start after {policy.attempts} attempt(s) "
+            f"({policy.node_timeout:.0f} s each, {waited:.0f} s in all; {load_summary()}).\n"
+            f"What to do: close other work on this machine, ask for fewer workers, or give each node more time "
+            f"with DML_LOCAL_START_TIMEOUT_S (now {policy.node_timeout:.0f}) or DML_LOCAL_START_ATTEMPTS "
+            f"(now {policy.attempts}).\nLast attempt: {failure}"
+        )
+
+    def _discard_last_node(self) -> None:
+        """Kill the node that failed to start; a head also takes its temp dir (and every process in it)."""
+        node = self.nodes.pop()
+        signal_group(node.pid, signal.SIGKILL)  # its raylet may outlive `ray start`
+        if node.role == "head":
+            for pid in processes_using(str(self.temp_dir)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            wait_gone([node.pid], str(self.temp_dir))
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        else:
+            wait_gone([node.pid])
 
     def stop(self, *, grace: float = 2.0) -> None:
         """Stop exactly this cluster's processes and remove its temp dir.
@@ -210,6 +289,12 @@ class LocalRayCluster:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         # Ray drains a node on SIGTERM (for Serve on k8s); a local cluster is torn down at once.
         env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+        # Ray's own start-up waits (agents and worker processes registering with their raylet)
+        # default to 30-60 s, which a busy laptop misses; match them to our node timeout.
+        wait_s = int(self._node_timeout)
+        env["RAY_raylet_start_wait_time_s"] = str(wait_s)
+        env["RAY_worker_register_timeout_seconds"] = str(wait_s)
+        env["RAY_agent_register_timeout_ms"] = str(wait_s * 1000)
         env.update(self.spec.env)
         return env
 
@@ -315,13 +400,6 @@ class LocalRayCluster:
         request = urllib.request.Request(self.dashboard_url + path, headers=self.auth_headers())
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())
-
-    def _dashboard_ok(self) -> bool:
-        try:
-            self._get("/api/version")
-        except (OSError, urllib.error.URLError, ValueError):
-            return False
-        return True
 
     def alive_nodes(self) -> int:
         """Number of Ray nodes in state ALIVE, from the dashboard's state API."""

@@ -33,15 +33,16 @@ class LocalRayProvider:
 
     backend = "local"
 
-    def __init__(self, home: Path | None = None, *, start_timeout: float = 180.0) -> None:
+    def __init__(self, home: Path | None = None) -> None:
         self.home = home or get_settings().home / "local"
         self.registry = LocalRegistry(self.home / "clusters.db")
-        self.start_timeout = start_timeout
 
     # --- the interface ------------------------------------------------------------------------
 
     def create(self, spec: ClusterSpec) -> ClusterInfo:
-        """Start the cluster's processes; returns once every node has registered (~10 s).
+        """Start the cluster's processes; returns once every node has registered (~10 s a node when idle).
+
+        Nodes that miss their start-up are retried (`LocalRayCluster.start`).
 
         Raises:
             ClusterExistsError: the name is taken in that namespace.
@@ -62,7 +63,7 @@ class LocalRayProvider:
                                  nodes=c.node_records())  # fmt: skip
 
         try:
-            cluster.start(timeout=self.start_timeout, on_launch=on_launch)
+            cluster.start(on_launch=on_launch)
         except LocalClusterError as exc:
             self.registry.remove(namespace, name)  # start() already stopped whatever it launched
             raise ClusterNotReadyError(str(exc)) from exc

@@ -142,10 +142,10 @@ def is_ours(pid: int, markers: tuple[str, ...]) -> bool:
     return cmdline is not None and any(marker in cmdline for marker in markers)
 
 
-def wait_gone(groups: list[int], marker: str, timeout: float = 10.0) -> None:
+def wait_gone(groups: list[int], marker: str | None = None, timeout: float = 10.0) -> None:
     """Block until the process groups and every process using `marker` have exited."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if not live_groups(groups) and not processes_using(marker):
+        if not live_groups(groups) and not (marker and processes_using(marker)):
             return
         time.sleep(0.1)
