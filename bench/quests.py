@@ -4,9 +4,9 @@ same run.
     python -m bench.quests [--days 8] [--impressions-per-day 250000] [--epochs 3]
 
 Prints:
-- the quality table of DLRM and DCN-v2 (Ray Train + FSDP2, 2 workers) vs the XGBoost baseline
+- the quality table of DLRM and DCN-v2 (Ray Train + TorchRec, 2 workers) vs the XGBoost baseline
   trained on the same window, random, and the oracle (the true probabilities: the Bayes limit);
-- training throughput (samples/s) of the Ray Train + FSDP2 trainer with 1 and 2 workers vs plain
+- training throughput (samples/s) of the Ray Train + TorchRec trainer with 1 and 2 workers vs plain
   single-process PyTorch on the same model, data, batch size and epochs;
 - batch inference rows/s of the Ray Data actor pool vs plain single-process scoring;
 - peak resident memory of each (sampled from /proc every 0.2 s).
@@ -75,7 +75,7 @@ def _title(prefix: str) -> Callable[[psutil.Process], bool]:
     return match
 
 
-def _plain_train(root: str, days: list[str], holdout: str, model: str, epochs: int, lr: float, out: Any) -> None:
+def _plain_train(root: str, days: list[str], holdout: str, model: str, args: argparse.Namespace, out: Any) -> None:
     import resource
 
     import torch
@@ -89,8 +89,9 @@ def _plain_train(root: str, days: list[str], holdout: str, model: str, epochs: i
     lake = Lake(root)
     train = read_table(lake, [parse_date(d) for d in days])
     valid = read_table(lake, [parse_date(holdout)])
-    _, history = train_single_process(ModelConfig(model_name=model), train, valid, epochs=epochs,
-                                      batch_size=1024, learning_rate=lr)  # fmt: skip
+    _, history = train_single_process(ModelConfig(model_name=model), train, valid, epochs=args.epochs,
+                                      batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                      sparse_learning_rate=args.sparse_learning_rate)  # fmt: skip
     out.put({"history": history, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
@@ -133,7 +134,9 @@ def main() -> None:
     parser.add_argument("--impressions-per-day", type=int, default=250_000)
     parser.add_argument("--requests-per-day", type=int, default=50_000, help="serving requests (x8 candidates)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--learning-rate", type=float, default=0.002)
+    parser.add_argument("--learning-rate", type=float, default=0.01, help="Adam step of the dense layers")
+    parser.add_argument("--sparse-learning-rate", type=float, default=0.5, help="Adagrad step of the tables")
+    parser.add_argument("--batch-size", type=int, default=2048)
     args = parser.parse_args()
 
     root = tempfile.mkdtemp(prefix="dml-bench-quests-")
@@ -171,9 +174,10 @@ def main() -> None:
             return seconds
 
         common = f"--root {root} --date {holdout} --window {args.days} --epochs {args.epochs} " \
-                 f"--learning-rate {args.learning_rate} --batch-size 1024"  # fmt: skip
+                 f"--learning-rate {args.learning_rate} --sparse-learning-rate {args.sparse_learning_rate} " \
+                 f"--batch-size {args.batch_size}"  # fmt: skip
         results: dict[str, dict[str, Any]] = {}
-        print("training (Ray Train + FSDP2):", flush=True)
+        print("training (Ray Train + TorchRec):", flush=True)
         for model, workers in (("dlrm", 1), ("dlrm", 2), ("dcn_v2", 2)):
             with peak_rss(_title("ray::RayTrainWorker")) as peak:
                 wall = job(f"python -m discord_ml.ml.train {common} --model {model} --workers {workers} "
@@ -185,7 +189,7 @@ def main() -> None:
         plain: dict[str, dict[str, Any]] = {}
         for model in ("dlrm", "dcn_v2"):
             begun = time.perf_counter()
-            plain[model] = _in_child(_plain_train, root, train_days, holdout, model, args.epochs, args.learning_rate)
+            plain[model] = _in_child(_plain_train, root, train_days, holdout, model, args)
             print(f"  {model}: {time.perf_counter() - begun:.0f}s", flush=True)
 
         print("evaluation:", flush=True)
@@ -235,7 +239,7 @@ def _report(results: dict, plain: dict, tables: dict, inference: dict, inference
                 continue
             epochs = result["version"].card["training"]
             rate = epochs["metrics"]["samples_per_s"]
-            print(f"| Ray Train + FSDP2, {workers} worker(s) | {model} | {rate:,.0f} | {rate / base:.2f}x | "
+            print(f"| Ray Train + TorchRec, {workers} worker(s) | {model} | {rate:,.0f} | {rate / base:.2f}x | "
                   f"{result['peak']['max_process_mib']:,.0f} | {result['peak']['total_mib']:,.0f} |")  # fmt: skip
 
     print("\n=== batch inference (rows/s) and peak memory ===")

@@ -38,8 +38,16 @@ class TrainConfig(dg.Config):
     )
     workers: int = Field(default=2, ge=1, le=64, description="Training workers: one Ray Train worker per node.")
     epochs: int = Field(default=5, ge=1, le=100, description="Passes over the window's training days.")
-    batch_size: int = Field(default=1024, ge=32, le=1 << 20, description="Rows per step on each worker.")
-    learning_rate: float = Field(default=0.004, gt=0, le=1.0, description="Adam step size of the first epoch.")
+    batch_size: int = Field(default=2048, ge=32, le=1 << 20, description="Rows per step on each worker.")
+    learning_rate: float = Field(
+        default=0.01, gt=0, le=1.0, description="Adam step size of the dense layers in the first epoch."
+    )
+    sparse_learning_rate: float = Field(
+        default=0.5,
+        gt=0,
+        le=10.0,
+        description="Row-wise Adagrad step of the embedding tables in the first epoch.",
+    )
     embedding_dim: int = Field(default=16, ge=2, le=512, description="Width of every embedding table.")
     fail_once_at_epoch: int | None = Field(
         default=None,

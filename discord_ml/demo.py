@@ -9,6 +9,7 @@
 """
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -103,7 +104,7 @@ def _report(outcomes: dict[str, dg.ExecuteInProcessResult], seconds: float) -> i
         train, evaluation = _metadata(result, "ranking_model"), _metadata(result, "model_evaluation")
         print(f"\ntrained {train.get('model_version')} on {train.get('data_window')} "
               f"(held out {train.get('holdout_day')}): valid AUC {train.get('valid_auc')}")  # fmt: skip
-        print(f"FSDP2 shards of the user embedding table: {train.get('embedding_shards')}")
+        print(f"embedding tables (TorchRec plan): {_plan_summary(train.get('shard_plan'))}")
         if evaluation:
             print(f"\nevaluation on {evaluation.get('holdout_day')}:\n{evaluation.get('quality')}")
         for check in result.get_asset_check_evaluations():
@@ -120,6 +121,20 @@ def _report(outcomes: dict[str, dg.ExecuteInProcessResult], seconds: float) -> i
     ok = bool(outcomes) and all(r.success for r in outcomes.values()) and bool(retrains)
     print(f"\n{'SUCCESS' if ok else 'FAILURE'}: {len(outcomes)} runs in {seconds:.0f}s")
     return 0 if ok else 1
+
+
+def _plan_summary(plan_json: object) -> str:
+    """`user_bucket column_wise on ranks 0,1; quest_bucket table_wise on rank 1; 5 replicated`."""
+    if not isinstance(plan_json, str):
+        return "not reported"
+    parts, replicated = [], 0
+    for table in json.loads(plan_json):
+        if table["sharding_type"] == "data_parallel":
+            replicated += 1
+            continue
+        ranks = ",".join(str(s["rank"]) for s in table["shards"])
+        parts.append(f"{table['table']} {table['sharding_type']} on rank(s) {ranks}")
+    return "; ".join([*parts, f"{replicated} small table(s) replicated"])
 
 
 if __name__ == "__main__":

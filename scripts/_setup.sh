@@ -6,12 +6,16 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 # torch first, pinned: a looser spec pulls gigabytes of CUDA wheels. GPU machines override it,
-# e.g. TORCH_SPEC="torch==2.13.0" TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+# e.g. TORCH_SPEC="torch==2.13.0" TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 FBGEMM_SPEC="fbgemm-gpu==1.8.0"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+# TorchRec 1.8 matches torch 2.13. Its metadata requires the CUDA-named `fbgemm-gpu`, so FBGEMM is installed
+# explicitly (the CPU build by default) and torchrec with --no-deps; its other dependencies are in pyproject.toml.
+FBGEMM_SPEC="${FBGEMM_SPEC:-fbgemm-gpu-cpu==1.8.0}"
+TORCHREC_SPEC="${TORCHREC_SPEC:-torchrec==1.8.0}"
 PYTHON="${PYTHON:-python3.11}"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.dml-installed"
-want="$(cat pyproject.toml | sha256sum | cut -c1-16) $TORCH_SPEC ${TORCH_INDEX_URL:-}"
+want="$(cat pyproject.toml | sha256sum | cut -c1-16) $TORCH_SPEC ${TORCH_INDEX_URL:-} $FBGEMM_SPEC $TORCHREC_SPEC"
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
   echo "error: $PYTHON not found; install Python 3.11 or set PYTHON=/path/to/python3.11" >&2
@@ -22,9 +26,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]; then
-  echo "==> installing $TORCH_SPEC, then discord_ml[test] (editable)"
+  echo "==> installing $TORCH_SPEC, $FBGEMM_SPEC, $TORCHREC_SPEC, then discord_ml[test] (editable)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+  "$VENV/bin/python" -m pip install --quiet "$FBGEMM_SPEC" ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"}
+  "$VENV/bin/python" -m pip install --quiet --no-deps "$TORCHREC_SPEC"
   "$VENV/bin/python" -m pip install --quiet -e ".[test]"
   echo "$want" > "$STAMP"
 fi

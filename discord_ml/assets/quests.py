@@ -125,8 +125,8 @@ def check_train_inputs(lake: Lake, day: dt.date, config: TrainConfig) -> None:
     partitions_def=daily,
     deps=[quest_features],
     kinds={"ray", "pytorch"},
-    description="A ranking model trained on the window ending at the partition (Ray Train TorchTrainer, FSDP2-"
-    "sharded embeddings; or xgboost), registered as a new immutable version.",
+    description="A ranking model trained on the window ending at the partition (Ray Train TorchTrainer, TorchRec "
+    "model-parallel embeddings; or xgboost), registered as a new immutable version.",
 )
 def ranking_model(
     context: dg.AssetExecutionContext, config: TrainConfig, ray_cluster: RayClusterResource, data: DataLakeResource
@@ -150,6 +150,7 @@ def ranking_model(
         f"--epochs {config.epochs}",
         f"--batch-size {config.batch_size}",
         f"--learning-rate {config.learning_rate}",
+        f"--sparse-learning-rate {config.sparse_learning_rate}",
         f"--embedding-dim {config.embedding_dim}",
         f"--run-id {context.run.run_id}",
     ]

@@ -30,7 +30,9 @@ class Scorer:
         else:
             import torch
 
-            from discord_ml.ml.models import ModelConfig, build_model
+            from discord_ml.ml.models import ModelConfig, batch_kjt, build_model
+
+            self.batch_kjt = batch_kjt
 
             self.model = build_model(ModelConfig.from_dict(version.card["model"]))
             self.model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu"))
@@ -57,7 +59,9 @@ class Scorer:
         out = []
         with torch.no_grad():
             for start in range(0, len(sparse), self.batch_size):
-                s = torch.from_numpy(sparse[start : start + self.batch_size]).to(self.device)
+                s = self.batch_kjt(torch.from_numpy(sparse[start : start + self.batch_size])).to(
+                    torch.device(self.device)
+                )
                 d = torch.from_numpy(dense[start : start + self.batch_size]).to(self.device)
                 out.append(torch.sigmoid(self.model(s, d)).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

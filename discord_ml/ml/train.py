@@ -1,10 +1,11 @@
 """Ray job: train the model named by `--model` on a window of days and register it.
 
 Neural models train with Ray Train's `TorchTrainer`: the window's features are read with Ray Data
-and split into one equal shard per worker, each embedding table is sharded across the workers
-with FSDP2, every epoch is checkpointed to the run's storage and a killed worker resumes from the
-last checkpoint (`FailureConfig`). `xgboost` trains the baseline in one Ray task. The last day of
-the window is held out for validation; per-epoch metrics reach Dagster through Pipes.
+and split into one equal shard per worker, the embedding tables are placed model-parallel on the
+workers by TorchRec (`DistributedModelParallel`, `ml/sharding.py`), every epoch is checkpointed to
+the run's storage and a killed worker resumes from the last checkpoint (`FailureConfig`).
+`xgboost` trains the baseline in one Ray task. The last day of the window is held out for
+validation; per-epoch metrics reach Dagster through Pipes.
 """
 
 from __future__ import annotations
@@ -79,19 +80,19 @@ def train_neural(
     epochs: int,
     batch_size: int,
     learning_rate: float,
+    sparse_learning_rate: float,
     use_gpu: bool,
     run_id: str,
     fail_once_at_epoch: int | None = None,
     on_event: Callable[[dict[str, Any]], None] = print,
     seed: int = 0,
 ) -> tuple[dict[str, Any], bytes]:
-    """Train with `TorchTrainer`; returns (summary, the final full state dict serialized)."""
-    import torch
+    """Train with `TorchTrainer`; returns (summary, the final unsharded state dict serialized)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
-    from discord_ml.ml.trainer import STATE_FILE, train_loop
+    from discord_ml.ml.trainer import train_loop
 
     def shards(days: list[dt.date]) -> tuple[list[list[Any]], int]:
         ds = ray.data.read_parquet(feature_files(lake, days), filesystem=lake.filesystem, columns=FEATURE_COLUMNS)
@@ -109,6 +110,8 @@ def train_neural(
         "epochs": epochs,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "sparse_learning_rate": sparse_learning_rate,
+        "threads": _threads_per_worker(use_gpu),
         "seed": seed,
         "train_shards": train_shards,
         "valid_shards": valid_shards,
@@ -144,19 +147,48 @@ def train_neural(
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:
-        state = torch.load(f"{directory}/{STATE_FILE}", weights_only=False)
-    buffer = io.BytesIO()
-    torch.save(state["model"], buffer)
+        state, artifact = unshard_checkpoint(directory, model)
     epoch_events = [e for e in events if e["kind"] == "epoch"]
+    plan = next((e for e in events if e["kind"] == "plan"), {})
     summary = {
         "metrics": state["metrics"],
         "epochs_run": [e["epoch"] for e in epoch_events],
-        "shards": sorted((e for e in events if e["kind"] == "shard"), key=lambda e: (e["world"], e["rank"])),
+        "shard_plan": plan.get("tables", []),
+        "world": plan.get("world"),
+        "backend": plan.get("backend"),
+        "memory": sorted({e["rank"]: e for e in events if e["kind"] == "memory"}.values(), key=lambda e: e["rank"]),
         "resumed_at_epoch": [e["epoch"] for e in events if e["kind"] == "resumed"],
         "train_rows": train_rows,
         "fit_seconds": time.perf_counter() - started,
     }
-    return summary, buffer.getvalue()
+    return summary, artifact
+
+
+def unshard_checkpoint(directory: str, model: ModelConfig) -> tuple[dict[str, Any], bytes]:
+    """(epoch state, serialized state dict of the unsharded model) from a trainer checkpoint.
+
+    `torch.distributed.checkpoint` reassembles every table from its shards without a process group."""
+    import torch
+    from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+
+    from discord_ml.ml.models import build_model
+    from discord_ml.ml.trainer import STATE_FILE
+
+    weights = build_model(model).state_dict()
+    dcp_load({"model": weights}, checkpoint_id=directory, no_dist=True)
+    with open(f"{directory}/{STATE_FILE}") as f:
+        state = json.load(f)
+    buffer = io.BytesIO()
+    torch.save(weights, buffer)
+    return state, buffer.getvalue()
+
+
+def _threads_per_worker(use_gpu: bool) -> int:
+    """Torch threads of each CPU worker: its node's CPUs (one worker per node)."""
+    if use_gpu:
+        return 4
+    cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
+    return max(1, int(min(cpus, default=1)))
 
 
 # --- xgboost baseline ---------------------------------------------------------------------------
@@ -236,6 +268,7 @@ def train_and_register(args: argparse.Namespace, on_event: Callable[[dict[str, A
             epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
+            sparse_learning_rate=args.sparse_learning_rate,
             use_gpu=use_gpu,
             run_id=args.run_id,
             fail_once_at_epoch=args.fail_once_at_epoch,
@@ -249,6 +282,7 @@ def train_and_register(args: argparse.Namespace, on_event: Callable[[dict[str, A
             "epochs": args.epochs,
             "batch_size": args.batch_size,
             "learning_rate": args.learning_rate,
+            "sparse_learning_rate": args.sparse_learning_rate,
             "backend": "nccl" if use_gpu else "gloo",
         }
     card["training"] = summary
@@ -279,8 +313,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=[*NEURAL_MODELS, "xgboost"], default="dlrm")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--learning-rate", type=float, default=0.01, help="Adam step of the dense layers (epoch 0)")
+    p.add_argument("--sparse-learning-rate", type=float, default=0.5, help="row-wise Adagrad step of the tables")
     p.add_argument("--embedding-dim", type=int, default=16)
     p.add_argument("--rounds", type=int, default=300, help="xgboost boosting rounds (early-stopped)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
@@ -309,9 +344,10 @@ def main() -> None:
             **{k: round(float(v), 5) for k, v in training["metrics"].items() if isinstance(v, int | float)},
             "fit_seconds": round(training["fit_seconds"], 2),
         }
-        if "shards" in training:
+        if "shard_plan" in training:
             metadata |= {
-                "embedding_shards": json.dumps(training["shards"]),
+                "shard_plan": json.dumps(training["shard_plan"]),
+                "memory_per_worker": json.dumps(training["memory"]),
                 "resumed_at_epoch": json.dumps(training["resumed_at_epoch"]),
             }
         pipes.report_asset_materialization(metadata=metadata)

@@ -1,12 +1,16 @@
-"""The Ray Train worker loop: FSDP2-sharded embeddings, a data shard per worker, a checkpoint
-every epoch, resumption from the last one after a worker failure.
+"""The Ray Train worker loop: TorchRec model-parallel embeddings, a data shard per worker, a
+checkpoint every epoch, resumption from the last one after a worker failure.
 
 Runs inside `TorchTrainer` workers; the process group (gloo on CPU, NCCL on GPU) is set up by
-Ray Train. Progress goes to the driver through a Ray queue so it can be forwarded to Dagster.
+Ray Train. Tables are placed by `ml/sharding.py` and updated inside backward (FBGEMM row-wise
+Adagrad); the dense layers run under DDP with fused Adam. Checkpoints are
+`torch.distributed.checkpoint` directories: each rank writes its own shards, Ray Train gathers
+them into one checkpoint. Progress goes to the driver through a Ray queue.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import tempfile
@@ -20,31 +24,37 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+from torchrec.optim import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from discord_ml.lake import Lake
 from discord_ml.ml.features import matrices
 from discord_ml.ml.metrics import auc, log_loss
-from discord_ml.ml.models import LEARNING_RATE_DECAY, ModelConfig, build_model, shard_embeddings
+from discord_ml.ml.models import LEARNING_RATE_DECAY, ModelConfig, batch_kjt, build_model
+from discord_ml.ml.sharding import describe_plan, local_memory, shard_model
 
-STATE_FILE = "state.pt"
+STATE_FILE = "train_state.json"  # epoch and metrics, beside the DCP shards
 DRILL_DELAY_S = 5.0
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+VALID_BATCH = 16384
 
 
-Shard = tuple[np.ndarray, np.ndarray, np.ndarray]  # sparse, dense, labels
+class Shard:
+    """One worker's rows as tensors, converted once: the step path only indexes them."""
 
+    def __init__(self, refs: list[Any]) -> None:
+        table = pa.concat_tables(ray.get(refs))
+        sparse, dense = matrices(table)
+        self.sparse, self.dense = torch.from_numpy(sparse), torch.from_numpy(dense)
+        self.labels = torch.from_numpy(table["label"].to_numpy(zero_copy_only=False).astype(np.float32))
+        self.nbytes = sum(t.numel() * t.element_size() for t in (self.sparse, self.dense, self.labels))
 
-def _load_shard(refs: list[Any]) -> Shard:
-    table = pa.concat_tables(ray.get(refs))
-    sparse, dense = matrices(table)
-    return sparse, dense, table["label"].to_numpy(zero_copy_only=False).astype(np.float32)
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, index: torch.Tensor | slice, device: torch.device) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        return (batch_kjt(self.sparse[index]).to(device), self.dense[index].to(device), self.labels[index].to(device))
 
 
 def _all_min(value: int) -> int:
@@ -76,106 +86,116 @@ def _fault_drill(config: dict[str, Any], epoch: int, rank: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+def _state(model: torch.nn.Module, optimizer: CombinedOptimizer) -> dict[str, Any]:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+
+
+def _restore(model: torch.nn.Module, optimizer: CombinedOptimizer) -> int:
     """Load the last checkpoint, if any (after a worker failure); returns the epoch to start at."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return 0
+    optimizer.init_state()  # Adam's state exists only after a step: make the slots DCP loads into
+    state = _state(model, optimizer)
     with checkpoint.as_directory() as directory:
-        state = torch.load(os.path.join(directory, STATE_FILE), weights_only=False)
-    set_model_state_dict(model, state["model"], options=FULL)
-    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=FULL)
-    return state["epoch"] + 1
+        dcp_load(state, checkpoint_id=directory)  # collective: each rank reads its own shards
+        with open(os.path.join(directory, STATE_FILE)) as f:
+            epoch = json.load(f)["epoch"]
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return epoch + 1
 
 
-def _validate(model: torch.nn.Module, shard: Shard, batch: int, device: Any) -> tuple[float, float]:
+def _validate(model: torch.nn.Module, shard: Shard, device: torch.device) -> tuple[float, float]:
     """(AUC, log loss) over every rank's validation shard."""
-    sparse, dense, labels = shard
-    steps = _all_min(-(-len(labels) // batch))
+    steps = _all_min(-(-len(shard) // VALID_BATCH))  # equal shards: every rank runs the same lookups
     model.eval()
     scores = []
     with torch.no_grad():
         for step in range(steps):
-            part = slice(step * batch, (step + 1) * batch)  # a short rank runs on an empty batch
-            s, d = torch.from_numpy(sparse[part]).to(device), torch.from_numpy(dense[part]).to(device)
-            scores.append(torch.sigmoid(model(s, d)).cpu().numpy())
+            sparse, dense, _ = shard.batch(slice(step * VALID_BATCH, (step + 1) * VALID_BATCH), device)
+            scores.append(torch.sigmoid(model(sparse, dense)).cpu().numpy())
     local = np.concatenate(scores)
     gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (local, labels[: len(local)]))
+    dist.all_gather_object(gathered, (local, shard.labels[: len(local)].numpy()))
     p, y = np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered])
     return auc(y, p), log_loss(y, p)
 
 
-def _save(model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, metrics: dict[str, Any]) -> None:
-    """Checkpoint the full (unsharded) state from rank 0 and report the epoch from every rank."""
-    model_state = get_model_state_dict(model, options=FULL)  # collective: every rank calls it
-    optimizer_state = get_optimizer_state_dict(model, optimizer, options=FULL)
-    if dist.get_rank() != 0:
-        ray.train.report(metrics)
-        return
+def _save(model: torch.nn.Module, optimizer: CombinedOptimizer, epoch: int, metrics: dict[str, Any]) -> None:
+    """Every rank writes its shards (rank 0 also the metadata and the epoch) and reports the directory."""
     with tempfile.TemporaryDirectory() as directory:
-        state = {"model": model_state, "optimizer": optimizer_state, "epoch": epoch, "metrics": metrics}
-        torch.save(state, os.path.join(directory, STATE_FILE))
+        dcp_save(_state(model, optimizer), checkpoint_id=directory)
+        if dist.get_rank() == 0:
+            with open(os.path.join(directory, STATE_FILE), "w") as f:
+                json.dump({"epoch": epoch, "metrics": metrics}, f)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _set_learning_rates(model: Any, dense: Any, config: dict[str, Any], epoch: int) -> None:
+    """Halve both step sizes each epoch: settles instead of overfitting."""
+    decay = LEARNING_RATE_DECAY**epoch
+    for group in dense.param_groups:
+        group["lr"] = decay * config["learning_rate"]
+    for group in model.fused_optimizer.param_groups:
+        group["lr"] = decay * config["sparse_learning_rate"]
 
 
 def train_loop(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    torch.set_num_threads(config["threads"])
     progress = config["progress"]
     torch.manual_seed(config["seed"])
 
-    model = build_model(ModelConfig.from_dict(config["model"])).to(device)
-    shard_embeddings(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
-    user_table: Any = model.get_submodule("embeddings.tables.0").weight  # a DTensor once sharded
-    progress.put(
-        {
-            "kind": "shard",
-            "rank": rank,
-            "world": world,
-            "backend": dist.get_backend(),
-            "local_rows": int(user_table.to_local().shape[0]),
-            "rows": int(user_table.shape[0]),
-            "placement": str(user_table.placements),
-        }
+    model_config = ModelConfig.from_dict(config["model"])
+    model, plan = shard_model(build_model(model_config, torch.device("meta")), model_config.tables(), device=device,
+                              sparse_learning_rate=config["sparse_learning_rate"])  # fmt: skip
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(model.named_parameters())),
+        lambda params: torch.optim.Adam(params, lr=config["learning_rate"], fused=True),
     )
+    optimizer = CombinedOptimizer([model.fused_optimizer, dense])
+    if rank == 0:
+        progress.put(
+            {"kind": "plan", "world": world, "backend": dist.get_backend(), "tables": describe_plan(plan, world)}
+        )
     start_epoch = _restore(model, optimizer)
     if start_epoch and rank == 0:
         progress.put({"kind": "resumed", "epoch": start_epoch, "world": world})
 
-    sparse, dense, labels = _load_shard(config["train_shards"][rank])
-    valid = _load_shard(config["valid_shards"][rank])
+    train, valid = Shard(config["train_shards"][rank]), Shard(config["valid_shards"][rank])
     batch = config["batch_size"]
-    steps = _all_min(len(labels) // batch)  # every rank takes the same steps: FSDP's collectives pair up
+    steps = _all_min(len(train) // batch)  # every rank takes the same steps: the all-to-alls pair up
     loss_fn = torch.nn.BCEWithLogitsLoss()
     for epoch in range(start_epoch, config["epochs"]):
         _fault_drill(config, epoch, rank)
-        for group in optimizer.param_groups:  # halve the step each epoch: settles instead of overfitting
-            group["lr"] = LEARNING_RATE_DECAY**epoch * config["learning_rate"]
+        _set_learning_rates(model, dense, config, epoch)
         started = time.perf_counter()
         model.train()
-        order = np.random.default_rng([config["seed"], epoch, rank]).permutation(len(labels))
-        total = 0.0
+        order = torch.from_numpy(np.random.default_rng([config["seed"], epoch, rank]).permutation(len(train)))
+        total = torch.zeros((), dtype=torch.float64)
         for step in range(steps):
-            index = order[step * batch : (step + 1) * batch]
-            s, d, y = (torch.from_numpy(a[index]).to(device) for a in (sparse, dense, labels))
-            loss = loss_fn(model(s, d), y)
+            sparse, dense_x, y = train.batch(order[step * batch : (step + 1) * batch], device)
+            loss = loss_fn(model(sparse, dense_x), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # the sharded tables are updated here, inside backward
             optimizer.step()
-            total += float(loss.detach())
+            total += loss.detach().cpu()
         train_seconds = time.perf_counter() - started
-        valid_auc, valid_log_loss = _validate(model, valid, batch, device)
+        valid_auc, valid_log_loss = _validate(model, valid, device)
         metrics = {
             "epoch": epoch,
-            "train_loss": _all_mean(total / max(steps, 1)),
+            "train_loss": _all_mean(float(total) / max(steps, 1)),
             "valid_auc": valid_auc,
             "valid_log_loss": valid_log_loss,
             "samples_per_s": steps * batch * world / max(train_seconds, 1e-9),
             "epoch_seconds": time.perf_counter() - started,
         }
+        if epoch == start_epoch:
+            memory = local_memory(model, optimizer.state_dict()) | {"data_shard_bytes": train.nbytes + valid.nbytes}
+            progress.put({"kind": "memory", "rank": rank, "world": world, **memory})
         _save(model, optimizer, epoch, metrics)
         if rank == 0:
             progress.put({"kind": "epoch", **metrics})

@@ -1,5 +1,5 @@
 """The quests pipeline through real Dagster runs on real local Ray clusters: sensor → prep → train
-(FSDP2 over 2 workers) → evaluate → promote → batch inference; bad data; a killed worker."""
+(TorchRec model-parallel tables over 2 workers) → evaluate → promote → batch inference; bad data; a killed worker."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from discord_ml.cluster.local_provider import LocalRayProvider
 from discord_ml.definitions import defs
 from discord_ml.jobs import submit_and_follow
 from discord_ml.lake import Lake
-from discord_ml.ml.features import REASON, FeatureSpec, featurize, split_valid
+from discord_ml.ml.features import CATEGORICAL, REASON, FeatureSpec, featurize, split_valid
 from discord_ml.ml.world import WorldConfig, generate
 from discord_ml.registry import ModelRegistry
 from discord_ml.settings import get_settings
@@ -81,13 +81,21 @@ def test_landed_days_flow_from_the_sensor_to_recommendations(dagster_instance: d
     )
     assert result.success
 
-    # Training: each of the two workers held exactly its half of every embedding table (FSDP2).
+    # Training: TorchRec's plan, as the run reports it. The user table (too big for one rank's share) is split
+    # column-wise, half the columns of every row on each worker; the quest table lives whole on one worker; the
+    # vocabularies are replicated.
     trained = _meta(result, "ranking_model")
-    shards = json.loads(trained["embedding_shards"])
-    rows = FeatureSpec().user_buckets
-    assert [(s["rank"], s["world"], s["backend"], s["placement"]) for s in shards] == [
-        (0, 2, "gloo", "(Shard(dim=0),)"), (1, 2, "gloo", "(Shard(dim=0),)")]  # fmt: skip
-    assert [s["local_rows"] for s in shards] == [rows // 2, rows // 2] and all(s["rows"] == rows for s in shards)
+    plan = {t["table"]: t for t in json.loads(trained["shard_plan"])}
+    rows, dim = FeatureSpec().user_buckets, 16
+    user = plan["user_bucket"]
+    assert (user["sharding_type"], user["compute_kernel"]) == ("column_wise", "fused")
+    assert sorted((s["offsets"], s["sizes"]) for s in user["shards"]) == [([0, 0], [rows, 8]), ([0, 8], [rows, 8])]
+    assert sorted(s["rank"] for s in user["shards"]) == [0, 1]
+    assert plan["quest_bucket"]["sharding_type"] == "table_wise" and len(plan["quest_bucket"]["shards"]) == 1
+    assert {plan[name]["sharding_type"] for name in CATEGORICAL} == {"data_parallel"}
+    memory = json.loads(trained["memory_per_worker"])
+    quest_bytes = FeatureSpec().quest_buckets * dim * 4
+    assert sorted(m["sharded_table_bytes"] for m in memory) == [rows * dim * 2, rows * dim * 2 + quest_bytes]
     assert trained["data_window"] == "2026-11-01, 2026-11-02, 2026-11-03" and trained["holdout_day"] == "2026-11-04"
     version = ModelRegistry(lake).get(str(trained["model_version"]))
     assert version.card["training"]["epochs_run"] == [0, 1, 2, 3] and version.card["git_sha"]
@@ -191,3 +199,23 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(local_cluster: LocalRa
     assert training["resumed_at_epoch"] == [1]  # from the checkpoint of epoch 0
     assert training["epochs_run"] == [0, 1, 2] and training["metrics"]["epoch"] == 2
     assert np.isfinite(training["metrics"]["valid_auc"])
+
+
+def test_two_workers_learn_what_one_worker_learns(local_cluster: LocalRayCluster, lake: Lake) -> None:
+    """Model-parallel tables change where the rows live, not what is learned: on the same data, 2 workers
+    reach the validation AUC of 1 worker with the same global batch (each worker steps on half of its rows)."""
+    generate(lake, days=3, config=tiny(impressions_per_day=30_000))
+    for i in range(3):
+        write_features_in_process(lake, START + dt.timedelta(days=i))
+    auc = {}
+    for workers in (1, 2):
+        args = f"--root {lake.root} --date 2026-11-03 --window 3 --epochs 3 --workers {workers} " \
+               f"--batch-size {1024 // workers}"  # fmt: skip
+        outcome = submit_and_follow(local_cluster.dashboard_url, headers=local_cluster.auth_headers(),
+                                    entrypoint=f"python -m discord_ml.ml.train {args} --run-id w{workers}")  # fmt: skip
+        assert outcome.status == "SUCCEEDED"
+        training = ModelRegistry(lake).latest("dlrm")
+        assert training is not None and training.card["training"]["world"] == workers
+        auc[workers] = training.card["training"]["metrics"]["valid_auc"]
+    assert auc[1] > 0.6, auc  # it learned something
+    assert abs(auc[2] - auc[1]) < 0.01, auc
