@@ -1,23 +1,29 @@
-"""Benchmark of the quests workload on at least 2M impressions, against references measured in the
-same run.
+"""Benchmark of the quests workload against references measured in the same run.
 
-    python -m bench.quests [--days 8] [--impressions-per-day 250000] [--epochs 3]
+    python -m bench.quests [--quick] [--json]
 
-Prints:
-- the quality table of DLRM and DCN-v2 (Ray Train + TorchRec, 2 workers) vs the XGBoost baseline
-  trained on the same window, random, and the oracle (the true probabilities: the Bayes limit);
-- training throughput (samples/s) of the Ray Train + TorchRec trainer with 1 and 2 workers vs plain
-  single-process PyTorch on the same model, data, batch size and epochs;
-- batch inference rows/s of the Ray Data actor pool vs plain single-process scoring;
-- peak resident memory of each (sampled from /proc every 0.2 s).
+The full run uses 2M impressions (8 days of 250k) and adds DCN-v2 and batch inference over 10M
+candidate rows; `--quick` (about 8 minutes on 2 cores) uses 400k. It prints:
+- the quality table on the held-out day: DLRM (and DCN-v2) trained by Ray Train + TorchRec on 2
+  workers vs the XGBoost baseline trained on the same window, random, and the oracle (the true
+  probabilities: the Bayes limit);
+- training throughput (samples/s over the epochs after the first) of the sharded trainer with 1
+  and 2 workers vs plain single-process PyTorch on the same model, data and batch, with 1 thread
+  and with every core;
+- batch inference: the actor pool's start-up and steady-state rows/s per actor vs a plain
+  single-process scorer timed the same way;
+- peak resident memory per training worker (sampled from /proc every 0.2 s).
+`--json` prints one JSON object with the ratios on the last line.
 
 Everything runs on a real local Ray cluster (head + 2 workers of 1 CPU) made by the platform.
 """
 
 import argparse
 import datetime as dt
+import io
 import json
 import multiprocessing
+import os
 import tempfile
 import threading
 import time
@@ -32,8 +38,8 @@ from discord_ml.cluster.spec import ClusterSpec
 from discord_ml.jobs import submit_and_follow
 from discord_ml.lake import Lake, date_str
 from discord_ml.ml.evaluate import markdown_table
-from discord_ml.ml.inference import RESULT_PREFIX
-from discord_ml.ml.world import WorldConfig, generate
+from discord_ml.ml.inference import MAX_PART_ROWS, RESULT_PREFIX, plan_parts
+from discord_ml.ml.world import REQUEST_ROW_GROUP, WorldConfig, generate
 from discord_ml.registry import ModelRegistry
 from discord_ml_tests.support.quests import read_dir, write_features_in_process
 
@@ -75,29 +81,28 @@ def _title(prefix: str) -> Callable[[psutil.Process], bool]:
     return match
 
 
-def _plain_train(root: str, days: list[str], holdout: str, model: str, args: argparse.Namespace, out: Any) -> None:
+def _plain_train(root: str, days: list[str], holdout: str, model: str, threads: int, args: Any, out: Any) -> None:
     import resource
-
-    import torch
 
     from discord_ml.lake import parse_date
     from discord_ml.ml.models import ModelConfig
     from discord_ml.ml.single import train_single_process
     from discord_ml.ml.train import read_table
 
-    torch.set_num_threads(1)  # one core, like each Ray Train worker here
     lake = Lake(root)
     train = read_table(lake, [parse_date(d) for d in days])
     valid = read_table(lake, [parse_date(holdout)])
     _, history = train_single_process(ModelConfig(model_name=model), train, valid, epochs=args.epochs,
                                       batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                      sparse_learning_rate=args.sparse_learning_rate)  # fmt: skip
+                                      sparse_learning_rate=args.sparse_learning_rate, threads=threads)  # fmt: skip
     out.put({"history": history, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
 def _plain_score(root: str, ref: str, day: str, out: Any) -> None:
-    import resource
-
+    """The reference scorer, timed like an actor: start-up (imports and model load, from the process's
+    birth), then steady-state scoring of the same parts, one thread."""
+    import psutil
+    import pyarrow.parquet as pq
     import torch
 
     from discord_ml.lake import parse_date
@@ -107,14 +112,17 @@ def _plain_score(root: str, ref: str, day: str, out: Any) -> None:
     torch.set_num_threads(1)
     lake = Lake(root)
     scorer = Scorer(lake, ModelRegistry(lake).get(ref))
-    requests = read_dir(lake, lake.requests_dir(parse_date(day)))
-    started = time.perf_counter()
-    valid, _ = split_valid(requests, with_label=False)
-    scores = scorer.score(scorer.featurize(valid))
-    seconds = time.perf_counter() - started
-    out.put(
-        {"rows_per_s": len(scores) / seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    )
+    startup = time.time() - psutil.Process().create_time()
+    parts, _ = plan_parts(lake, lake.files(lake.requests_dir(parse_date(day))), actors=1, max_rows=MAX_PART_ROWS)
+    rows, busy = 0, 0.0
+    for part in parts:
+        began = time.perf_counter()
+        with lake.filesystem.open_input_file(part.file) as handle:
+            table = pq.ParquetFile(handle).read_row_group(part.row_group).slice(part.start, part.stop - part.start)
+        valid, _ = split_valid(table, with_label=False)
+        rows += len(scorer.score(scorer.featurize(valid)))
+        busy += time.perf_counter() - began
+    out.put({"startup_s": startup, "rows_per_s": rows / busy})
 
 
 def _in_child(target: Callable[..., None], *args: Any) -> dict[str, Any]:
@@ -128,16 +136,45 @@ def _in_child(target: Callable[..., None], *args: Any) -> dict[str, Any]:
     return result
 
 
+def _tile_requests(lake: Lake, source: dt.date, target: dt.date, rows: int) -> int:
+    """Land a serving day of `rows` candidate rows: `source`'s slates repeated under new request IDs."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    base = read_dir(lake, lake.requests_dir(source))
+    copies = -(-rows // base.num_rows)
+    span = int(pc.max(base["request_id"]).as_py()) + 1  # pyright: ignore[reportAttributeAccessIssue]
+    tables = [base.set_column(base.schema.get_field_index("request_id"), "request_id",
+                              pc.add(base["request_id"], pa.scalar(i * span))) for i in range(copies)]  # fmt: skip
+    sink = io.BytesIO()
+    pq.write_table(pa.concat_tables(tables), sink, row_group_size=REQUEST_ROW_GROUP)
+    lake.write_bytes_atomic(f"{lake.requests_dir(target)}/requests.parquet", sink.getvalue())
+    return copies * base.num_rows
+
+
+QUICK = {"days": 4, "impressions_per_day": 100_000, "requests_per_day": 20_000, "epochs": 3, "inference_rows": 0}
+FULL = {"days": 8, "impressions_per_day": 250_000, "requests_per_day": 50_000, "epochs": 3,
+        "inference_rows": 10_000_000}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--days", type=int, default=8, help="days landed; the last is held out")
-    parser.add_argument("--impressions-per-day", type=int, default=250_000)
-    parser.add_argument("--requests-per-day", type=int, default=50_000, help="serving requests (x8 candidates)")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="400k impressions, DLRM only (about 8 minutes)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON object of the results")
+    parser.add_argument("--days", type=int, help="days landed; the last is held out")
+    parser.add_argument("--impressions-per-day", type=int)
+    parser.add_argument("--requests-per-day", type=int, help="serving requests (x8 candidates)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--inference-rows", type=int, help="candidate rows of the end-to-end inference run (0: skip)")
     parser.add_argument("--learning-rate", type=float, default=0.01, help="Adam step of the dense layers")
     parser.add_argument("--sparse-learning-rate", type=float, default=0.5, help="Adagrad step of the tables")
-    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=2048, help="rows per step per worker")
     args = parser.parse_args()
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    models = ("dlrm",) if args.quick else ("dlrm", "dcn_v2")
 
     root = tempfile.mkdtemp(prefix="dml-bench-quests-")
     lake = Lake(root)
@@ -161,15 +198,16 @@ def main() -> None:
         provider.wait_ready(spec.cluster_name, timeout=300)
         connection = provider.connect(spec.cluster_name)
         registry = ModelRegistry(lake)
-
         lines: list[str] = []
 
         def job(command: str, label: str) -> float:
             begun = time.perf_counter()
             lines.clear()
-            submit_and_follow(connection.dashboard_url, entrypoint=command, headers=connection.headers,
-                              on_line=lines.append)  # fmt: skip
+            outcome = submit_and_follow(connection.dashboard_url, entrypoint=command, headers=connection.headers,
+                                        on_line=lines.append)  # fmt: skip
             seconds = time.perf_counter() - begun
+            if outcome.status != "SUCCEEDED":
+                raise RuntimeError(f"{label} ended {outcome.status}:\n" + "\n".join(lines[-40:]))
             print(f"  {label}: {seconds:.0f}s", flush=True)
             return seconds
 
@@ -178,7 +216,7 @@ def main() -> None:
                  f"--batch-size {args.batch_size}"  # fmt: skip
         results: dict[str, dict[str, Any]] = {}
         print("training (Ray Train + TorchRec):", flush=True)
-        for model, workers in (("dlrm", 1), ("dlrm", 2), ("dcn_v2", 2)):
+        for model, workers in [("dlrm", 1), *((m, 2) for m in models)]:
             with peak_rss(_title("ray::RayTrainWorker")) as peak:
                 wall = job(f"python -m discord_ml.ml.train {common} --model {model} --workers {workers} "
                            f"--run-id bench-{model}-{workers}", f"{model}, {workers} worker(s)")  # fmt: skip
@@ -187,32 +225,38 @@ def main() -> None:
             results[f"{model}/{workers}"] = {"version": version, "wall": wall, "peak": dict(peak)}
         print("training (plain single-process PyTorch):", flush=True)
         plain: dict[str, dict[str, Any]] = {}
-        for model in ("dlrm", "dcn_v2"):
+        for model, threads in [("dlrm", 1), ("dlrm", os.cpu_count() or 1), *((m, 1) for m in models[1:])]:
             begun = time.perf_counter()
-            plain[model] = _in_child(_plain_train, root, train_days, holdout, model, args)
-            print(f"  {model}: {time.perf_counter() - begun:.0f}s", flush=True)
+            plain[f"{model}/{threads}"] = _in_child(_plain_train, root, train_days, holdout, model, threads, args)
+            print(f"  {model}, {threads} thread(s): {time.perf_counter() - begun:.0f}s", flush=True)
 
         print("evaluation:", flush=True)
         tables = {}
-        for key in ("dlrm/2", "dcn_v2/2"):
-            ref = results[key]["version"].ref
+        for model in models:
+            ref = results[f"{model}/2"]["version"].ref
             job(f"python -m discord_ml.ml.evaluate --root {root} --candidate {ref}", f"evaluate {ref}")
-            tables[key] = lake.read_json(f"{lake.evaluation_dir(days[-1])}/{ref.replace('/v', '-v')}/metrics.json")
+            tables[model] = lake.read_json(f"{lake.evaluation_dir(days[-1])}/{ref.replace('/v', '-v')}/metrics.json")
 
         print("batch inference:", flush=True)
-        best = max(("dlrm/2", "dcn_v2/2"), key=lambda k: tables[k]["table"]["candidate"]["expected_participation"])
-        ref = results[best]["version"].ref
+        best = max(models, key=lambda m: tables[m]["table"]["candidate"]["expected_participation"])
+        ref = results[f"{best}/2"]["version"].ref
         serving = date_str(days[-1] + dt.timedelta(days=1))
-        with peak_rss(_title("ray::MapWorker")) as inference_peak:
-            job(f"python -m discord_ml.ml.inference --root {root} --date {serving} --model {ref} --actors 2",
-                f"Ray Data actor pool, {ref}")  # fmt: skip
-        [summary] = [line for line in lines if line.startswith(RESULT_PREFIX)]
-        inference = json.loads(summary.removeprefix(RESULT_PREFIX))
+        inference: dict[str, Any] = {}
+        for label, day in [("serving day", serving), *([("large day", "2030-01-01")] if args.inference_rows else [])]:
+            if label == "large day":
+                rows = _tile_requests(lake, days[-1] + dt.timedelta(days=1), dt.date(2030, 1, 1), args.inference_rows)
+                print(f"  landed {rows:,} candidate rows for {day}", flush=True)
+            job(f"python -m discord_ml.ml.inference --root {root} --date {day} --model {ref} --actors 2",
+                f"actor pool, {ref}, {label}")  # fmt: skip
+            [summary] = [line for line in lines if line.startswith(RESULT_PREFIX)]
+            inference[label] = json.loads(summary.removeprefix(RESULT_PREFIX))
         plain_scoring = _in_child(_plain_score, root, ref, serving)
     finally:
         provider.delete(spec.cluster_name)
 
-    _report(results, plain, tables, inference, dict(inference_peak), plain_scoring, lake, serving, ref)
+    report = _report(results, plain, tables, inference, plain_scoring, ref)
+    if args.json:
+        print(json.dumps(report))
 
 
 def _epoch_rate(history: list[dict[str, Any]]) -> float:
@@ -221,37 +265,67 @@ def _epoch_rate(history: list[dict[str, Any]]) -> float:
     return sum(rates) / len(rates)
 
 
-def _report(results: dict, plain: dict, tables: dict, inference: dict, inference_peak: dict, plain_scoring: dict,
-            lake: Lake, serving: str, ref: str) -> None:  # fmt: skip
+def _sharded_rate(result: dict[str, Any]) -> float:
+    return _epoch_rate(result["version"].card["training"]["history"])
+
+
+def _report(results: dict, plain: dict, tables: dict, inference: dict, plain_scoring: dict, ref: str) -> dict:
     print("\n=== quality on the held-out day (2 workers; XGBoost trained on the same window) ===")
-    for key, table in tables.items():
-        print(f"\n{key.split('/')[0]}:\n{markdown_table(table['table'])}")
+    for model, table in tables.items():
+        print(f"\n{model}:\n{markdown_table(table['table'])}")
 
+    cores = os.cpu_count() or 1
     print("\n=== training throughput (samples/s, epochs after the first) and peak memory ===")
-    print("| trainer | model | samples/s | vs plain PyTorch | peak RSS per worker (MiB) | all workers (MiB) |")
+    print("| trainer | model | samples/s | vs plain, 1 thread | vs plain, all cores | peak RSS per worker (MiB) |")
     print("|---|---|---|---|---|---|")
-    for model in ("dlrm", "dcn_v2"):
-        base = _epoch_rate(plain[model]["history"])
-        print(f"| plain PyTorch, 1 process | {model} | {base:,.0f} | 1.00x | {plain[model]['peak_mib']:,.0f} | - |")
-        for workers in (1, 2):
-            result = results.get(f"{model}/{workers}")
-            if result is None:
-                continue
-            epochs = result["version"].card["training"]
-            rate = epochs["metrics"]["samples_per_s"]
-            print(f"| Ray Train + TorchRec, {workers} worker(s) | {model} | {rate:,.0f} | {rate / base:.2f}x | "
-                  f"{result['peak']['max_process_mib']:,.0f} | {result['peak']['total_mib']:,.0f} |")  # fmt: skip
+    base = {key: _epoch_rate(value["history"]) for key, value in plain.items()}
+    for key, rate in base.items():
+        model, threads = key.split("/")
+        print(f"| plain PyTorch, 1 process, {threads} thread(s) | {model} | {rate:,.0f} | "
+              f"{rate / base[f'{model}/1']:.2f}x | - | {plain[key]['peak_mib']:,.0f} |")  # fmt: skip
+    for key, result in results.items():
+        model, workers = key.split("/")
+        rate = _sharded_rate(result)
+        all_cores = base.get(f"{model}/{cores}")
+        versus_all = f"{rate / all_cores:.2f}x" if all_cores else "-"
+        print(f"| Ray Train + TorchRec, {workers} worker(s) | {model} | {rate:,.0f} | "
+              f"{rate / base[f'{model}/1']:.2f}x | {versus_all} | {result['peak']['max_process_mib']:,.0f} |")  # fmt: skip
+    memory = results["dlrm/2"]["version"].card["training"]["memory"]
+    print("\nper-worker memory of the 2-worker DLRM (bytes):")
+    for m in memory:
+        print(f"  rank {m['rank']}: sharded tables {m['sharded_table_bytes']:,} + their optimizer state "
+              f"{m['sharded_optimizer_bytes']:,}; replicated tables {m['replicated_table_bytes']:,}; "
+              f"data shard {m['data_shard_bytes']:,}")  # fmt: skip
 
-    print("\n=== batch inference (rows/s) and peak memory ===")
-    rows = read_dir(lake, lake.recommendations_dir(dt.date.fromisoformat(serving))).num_rows
-    print(f"model {ref}; {rows:,} recommendation rows written")
-    print("| scorer | rows/s | vs plain | peak RSS (MiB) |")
-    print("|---|---|---|---|")
+    print("\n=== batch inference (rows/s) ===")
+    print(f"model {ref}")
+    print("| scorer | candidate rows | start-up (s) | steady rows/s per core | vs plain | end to end rows/s |")
+    print("|---|---|---|---|---|---|")
     plain_rate = plain_scoring["rows_per_s"]
-    print(f"| plain single process | {plain_rate:,.0f} | 1.00x | {plain_scoring['peak_mib']:,.0f} |")
-    rate = inference["rows_per_s"]
-    print(f"| Ray Data actor pool (2 actors, incl. start-up) | {rate:,.0f} | {rate / plain_rate:.2f}x | "
-          f"{inference_peak['total_mib']:,.0f} (all actors) |")  # fmt: skip
+    serving = inference["serving day"]
+    print(f"| plain single process, 1 thread | {serving['candidate_rows']:,} | {plain_scoring['startup_s']:.1f} | "
+          f"{plain_rate:,.0f} | 1.00x | - |")  # fmt: skip
+    for label, run in inference.items():
+        per_core = run["rows_per_s_per_actor"]
+        print(f"| Ray Data actor pool ({run['actors']} actors, {run['parts']} parts), {label} | "
+              f"{run['candidate_rows']:,} | {run['actor_startup_s']:.1f} | {per_core:,.0f} | "
+              f"{per_core / plain_rate:.2f}x | {run['rows_per_s']:,.0f} |")  # fmt: skip
+
+    candidate = tables["dlrm"]["table"]["candidate"]
+    return {
+        "train_ratio_1_worker": _sharded_rate(results["dlrm/1"]) / base["dlrm/1"],
+        "train_ratio_2_workers": _sharded_rate(results["dlrm/2"]) / base["dlrm/1"],
+        "train_ratio_2_workers_vs_all_cores": _sharded_rate(results["dlrm/2"]) / base[f"dlrm/{cores}"],
+        "inference_ratio": serving["rows_per_s_per_actor"] / plain_rate,
+        "inference_startup_s": serving["actor_startup_s"],
+        "plain_scorer_startup_s": plain_scoring["startup_s"],
+        "inference_end_to_end_rows_per_s": {label: run["rows_per_s"] for label, run in inference.items()},
+        "auc_lift_of_bayes": candidate["auc_lift_share"],
+        "oracle_lift_share": candidate["oracle_lift_share"],
+        "participation_vs_xgboost": candidate["participation_vs_xgboost"],
+        "peak_rss_mib_per_worker": {key: r["peak"]["max_process_mib"] for key, r in results.items()},
+        "memory_per_worker": memory,
+    }
 
 
 if __name__ == "__main__":

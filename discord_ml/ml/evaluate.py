@@ -137,9 +137,13 @@ def evaluate(lake: Lake, candidate: ModelVersion, *, log: Any = print) -> dict[s
         "cold_start_coverage": 1.0,
     }
     xgb_participation = rows["xgboost"]["expected_participation"]
+    floor, ceiling = rows["random"]["expected_participation"], rows["oracle"]["expected_participation"]
     for row in rows.values():
         row["auc_lift_share"] = (row["auc"] - 0.5) / (bayes_auc - 0.5) if bayes_auc > 0.5 else float("nan")
         row["participation_vs_xgboost"] = row["expected_participation"] / xgb_participation
+        # Share of the oracle's lift over random in expected participation (random 0, oracle 1).
+        lift = ceiling - floor
+        row["oracle_lift_share"] = (row["expected_participation"] - floor) / lift if lift > 0 else float("nan")
 
     plots = {"roc": _roc_png(curves), "calibration": _calibration_png(calibrations)}
     result = {
@@ -211,14 +215,14 @@ def _calibration_png(calibrations: dict[str, dict[str, Any]]) -> bytes:
 
 
 def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
-    head = ("| | model | AUC | AUC lift / Bayes | log loss | ECE | expected participation | vs XGBoost | coverage "
-            "| cold-start coverage |")  # fmt: skip
-    lines = [head, "|---" * 10 + "|"]
+    head = ("| | model | AUC | AUC lift / Bayes | log loss | ECE | expected participation | share of oracle lift "
+            "| vs XGBoost | coverage | cold-start coverage |")  # fmt: skip
+    lines = [head, "|---" * 11 + "|"]
     for role, r in rows.items():
         lines.append(
             f"| {role} | {r['model']} | {r['auc']:.4f} | {r['auc_lift_share']:.1%} | {r['log_loss']:.4f} | "
-            f"{r['ece']:.4f} | {r['expected_participation']:.4f} | {r['participation_vs_xgboost']:.2f}x | "
-            f"{r['coverage']:.1%} | {r['cold_start_coverage']:.1%} |"
+            f"{r['ece']:.4f} | {r['expected_participation']:.4f} | {r.get('oracle_lift_share', float('nan')):.1%} | "
+            f"{r['participation_vs_xgboost']:.2f}x | {r['coverage']:.1%} | {r['cold_start_coverage']:.1%} |"
         )
     return "\n".join(lines)
 

@@ -153,6 +153,7 @@ def train_neural(
     summary = {
         "metrics": state["metrics"],
         "epochs_run": [e["epoch"] for e in epoch_events],
+        "history": [{k: v for k, v in e.items() if k != "kind"} for e in epoch_events],
         "shard_plan": plan.get("tables", []),
         "world": plan.get("world"),
         "backend": plan.get("backend"),

@@ -248,8 +248,12 @@ def _inject_bad_rows(columns: dict[str, Any], rng: np.random.Generator, rate: fl
 
 def _write_parquet(lake: Lake, path: str, table: pa.Table) -> None:
     buffer = io.BytesIO()
-    pq.write_table(table, buffer)
+    pq.write_table(table, buffer, row_group_size=REQUEST_ROW_GROUP)
     lake.write_bytes_atomic(path, buffer.getvalue())
+
+
+# Landed files come in row groups of 65,536 rows (8,192 slates of 8 candidates), as a streaming writer flushes them.
+REQUEST_ROW_GROUP = 65_536
 
 
 def load_or_create(lake: Lake, config: WorldConfig | None) -> WorldConfig:
