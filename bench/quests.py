@@ -288,8 +288,9 @@ def _report(results: dict, plain: dict, tables: dict, inference: dict, plain_sco
         rate = _sharded_rate(result)
         all_cores = base.get(f"{model}/{cores}")
         versus_all = f"{rate / all_cores:.2f}x" if all_cores else "-"
+        peak = result["peak"]["max_process_mib"]
         print(f"| Ray Train + TorchRec, {workers} worker(s) | {model} | {rate:,.0f} | "
-              f"{rate / base[f'{model}/1']:.2f}x | {versus_all} | {result['peak']['max_process_mib']:,.0f} |")  # fmt: skip
+              f"{rate / base[f'{model}/1']:.2f}x | {versus_all} | {peak:,.0f} |")  # fmt: skip
     memory = results["dlrm/2"]["version"].card["training"]["memory"]
     print("\nper-worker memory of the 2-worker DLRM (bytes):")
     for m in memory:
