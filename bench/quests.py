@@ -81,7 +81,7 @@ def _title(prefix: str) -> Callable[[psutil.Process], bool]:
     return match
 
 
-def _plain_train(root: str, days: list[str], holdout: str, model: str, threads: int, args: Any, out: Any) -> None:
+def _plain_train(root: str, days: list[str], validation: str, model: str, threads: int, args: Any, out: Any) -> None:
     import resource
 
     from discord_ml.lake import parse_date
@@ -91,7 +91,7 @@ def _plain_train(root: str, days: list[str], holdout: str, model: str, threads: 
 
     lake = Lake(root)
     train = read_table(lake, [parse_date(d) for d in days])
-    valid = read_table(lake, [parse_date(holdout)])
+    valid = read_table(lake, [parse_date(validation)])
     _, history = train_single_process(ModelConfig(model_name=model), train, valid, epochs=args.epochs,
                                       batch_size=args.batch_size, learning_rate=args.learning_rate,
                                       sparse_learning_rate=args.sparse_learning_rate, threads=threads)  # fmt: skip
@@ -188,7 +188,8 @@ def main() -> None:
     total = sum(d["impressions"] for d in landed)
     print(f"data: {total:,} impressions over {args.days} days ({world.users:,} users, {world.quests} quests), "
           f"generated and featurized in {time.perf_counter() - started:.0f}s under {root}", flush=True)  # fmt: skip
-    train_days, holdout = [date_str(d) for d in days[:-1]], date_str(days[-1])
+    # The trainer's roles: training days, the validation day, the test day (the last; only reported).
+    train_days, validation, test = [date_str(d) for d in days[:-2]], date_str(days[-2]), date_str(days[-1])
 
     provider = LocalRayProvider()
     spec = ClusterSpec.build(name="bench-quests", owner="bench", workers=2, head_memory="2Gi", worker_memory="6Gi",
@@ -211,7 +212,7 @@ def main() -> None:
             print(f"  {label}: {seconds:.0f}s", flush=True)
             return seconds
 
-        common = f"--root {root} --date {holdout} --window {args.days} --epochs {args.epochs} " \
+        common = f"--root {root} --date {test} --window {args.days} --epochs {args.epochs} " \
                  f"--learning-rate {args.learning_rate} --sparse-learning-rate {args.sparse_learning_rate} " \
                  f"--batch-size {args.batch_size}"  # fmt: skip
         results: dict[str, dict[str, Any]] = {}
@@ -227,7 +228,7 @@ def main() -> None:
         plain: dict[str, dict[str, Any]] = {}
         for model, threads in [("dlrm", 1), ("dlrm", os.cpu_count() or 1), *((m, 1) for m in models[1:])]:
             begun = time.perf_counter()
-            plain[f"{model}/{threads}"] = _in_child(_plain_train, root, train_days, holdout, model, threads, args)
+            plain[f"{model}/{threads}"] = _in_child(_plain_train, root, train_days, validation, model, threads, args)
             print(f"  {model}, {threads} thread(s): {time.perf_counter() - begun:.0f}s", flush=True)
 
         print("evaluation:", flush=True)
@@ -270,7 +271,10 @@ def _sharded_rate(result: dict[str, Any]) -> float:
 
 
 def _report(results: dict, plain: dict, tables: dict, inference: dict, plain_scoring: dict, ref: str) -> dict:
-    print("\n=== quality on the held-out day (2 workers; XGBoost trained on the same window) ===")
+    print(
+        "\n=== quality on the test day (2 workers; XGBoost trained on the same window; tuning used the validation "
+        "day only) ==="
+    )
     for model, table in tables.items():
         print(f"\n{model}:\n{markdown_table(table['table'])}")
 

@@ -29,9 +29,10 @@ class TrainConfig(dg.Config):
     model_name: ModelName = Field(default=ModelName.dlrm, description="dlrm, dcn_v2 or xgboost.")
     data_window: int = Field(
         default=4,
-        ge=2,
+        ge=3,
         le=60,
-        description="Days of features ending at the partition date; the last day is held out for evaluation.",
+        description="Days of features ending at the partition date: training days, then a validation day (early "
+        "stopping, the promotion gate), then the test day (only reported).",
     )
     gpu_pool: GpuPoolName = Field(  # pyright: ignore[reportInvalidTypeForm]
         default=next(iter(GpuPoolName)), description="GPU pool of the training cluster's workers (see `dml pools`)."

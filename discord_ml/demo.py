@@ -102,11 +102,12 @@ def _report(outcomes: dict[str, dg.ExecuteInProcessResult], seconds: float) -> i
     retrains = [r for k, r in outcomes.items() if k.startswith("retrain-")]
     for result in retrains:
         train, evaluation = _metadata(result, "ranking_model"), _metadata(result, "model_evaluation")
-        print(f"\ntrained {train.get('model_version')} on {train.get('data_window')} "
-              f"(held out {train.get('holdout_day')}): valid AUC {train.get('valid_auc')}")  # fmt: skip
+        print(f"\ntrained {train.get('model_version')} on {train.get('data_window')}: AUC "
+              f"{train.get('valid_auc')} on the validation day {train.get('validation_day')}")  # fmt: skip
         print(f"embedding tables (TorchRec plan): {_plan_summary(train.get('shard_plan'))}")
         if evaluation:
-            print(f"\nevaluation on {evaluation.get('holdout_day')}:\n{evaluation.get('quality')}")
+            print(f"\nevaluation on the test day {evaluation.get('holdout_day')} (nothing was tuned on it):\n"
+                  f"{evaluation.get('quality')}")  # fmt: skip
         for check in result.get_asset_check_evaluations():
             meta = {k: v.value for k, v in check.metadata.items()}
             print(f"\ncheck {check.check_name}: {'PASSED' if check.passed else 'FAILED'}: {meta.get('reason')}")

@@ -208,8 +208,9 @@ def gate(table: dict[str, dict[str, Any]]) -> tuple[bool, str]:
             "on expected participation (blocks promotion otherwise).",
         )
     ],
-    description="The candidate on its held-out day vs the XGBoost baseline (same window), production, random and "
-    "the oracle: AUC, log loss, calibration, expected participation, coverage; ROC and calibration plots.",
+    description="The candidate vs the XGBoost baseline (same window), production, random and the oracle on the "
+    "validation day (the gate) and the test day (the report): AUC, log loss, calibration, expected participation, "
+    "coverage; ROC and calibration plots.",
 )
 def model_evaluation(context: dg.AssetExecutionContext, ray_cluster: RayClusterResource, data: DataLakeResource) -> Any:
     lake = data.lake()
@@ -224,7 +225,7 @@ def model_evaluation(context: dg.AssetExecutionContext, ray_cluster: RayClusterR
         )
     )
     yield result
-    passed, why = gate(_values(result.metadata)["table_json"])
+    passed, why = gate(_values(result.metadata)["validation_table_json"])  # tuned on validation; test only reported
     context.log.info(f"promotion gate for {candidate}: {'passed' if passed else 'failed'}: {why}")
     yield dg.AssetCheckResult(
         check_name=GATE,
@@ -248,7 +249,7 @@ def production_model(context: dg.AssetExecutionContext, data: DataLakeResource) 
     candidate = registry.get(str(evaluation["candidate"]))
     previous = registry.production()
     entry = registry.promote(
-        candidate, reason=f"passed {GATE} on {evaluation['holdout_day']}", run_id=context.run.run_id
+        candidate, reason=f"passed {GATE} on {evaluation['validation_day']}", run_id=context.run.run_id
     )
     context.log.info(f"production model is now {candidate.ref} (was {previous.ref if previous else 'none'})")
     return dg.MaterializeResult(

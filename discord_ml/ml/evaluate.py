@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime as dt
 import io
 import json
 from typing import Any
@@ -43,6 +44,7 @@ def baseline_for(lake: Lake, candidate: ModelVersion, *, log: Any = print) -> Mo
     registry = ModelRegistry(lake)
     window = {
         "data_window": candidate.card["data_window"],
+        "validation_day": candidate.card["validation_day"],
         "holdout_day": candidate.card["holdout_day"],
         "features": candidate.card["features"],
     }
@@ -52,7 +54,7 @@ def baseline_for(lake: Lake, candidate: ModelVersion, *, log: Any = print) -> Mo
         return found
     log(f"training the {BASELINE} baseline on {', '.join(window['data_window'])}")
     days = [parse_date(d) for d in window["data_window"]]
-    summary, artifact = train_xgboost(lake, days, parse_date(window["holdout_day"]))
+    summary, files = train_xgboost(lake, days, parse_date(window["validation_day"]))
     card = {
         **window,
         "kind": "xgboost",
@@ -61,7 +63,7 @@ def baseline_for(lake: Lake, candidate: ModelVersion, *, log: Any = print) -> Mo
         "partition": candidate.card["partition"],
         "window_days": candidate.card["window_days"],
     }
-    return registry.register(BASELINE, {"model.ubj": artifact}, card)
+    return registry.register(BASELINE, files, card)
 
 
 def _read(lake: Lake, path: str) -> pa.Table:
@@ -72,14 +74,42 @@ def _read(lake: Lake, path: str) -> pa.Table:
 
 
 def evaluate(lake: Lake, candidate: ModelVersion, *, log: Any = print) -> dict[str, Any]:
-    day = parse_date(candidate.card["holdout_day"])
+    """Tables of the validation day (what the promotion gate reads) and of the test day (what is reported:
+    nothing was tuned on it), plots of the test day; published under the test day's evaluation dir."""
+    test_day = parse_date(candidate.card["holdout_day"])
+    validation_day = parse_date(candidate.card["validation_day"])
     registry = ModelRegistry(lake)
     baseline = baseline_for(lake, candidate, log=log)
     production = registry.production()
     models = {"candidate": candidate, "xgboost": baseline}
     if production is not None and production.ref != candidate.ref:
         models["production"] = production
+    scorers = {role: Scorer(lake, version) for role, version in models.items()}
+    validation = _day(lake, validation_day, scorers)
+    test = _day(lake, test_day, scorers)
+    plots = {"roc": _roc_png(test["curves"]), "calibration": _calibration_png(test["calibrations"])}
+    result = {
+        "holdout_day": candidate.card["holdout_day"],
+        "validation_day": candidate.card["validation_day"],
+        "candidate": candidate.ref,
+        "baseline": baseline.ref,
+        "production": production.ref if production else None,
+        **{k: v for k, v in test.items() if k not in ("curves", "calibrations")},
+        "validation_table": validation["table"],
+    }
+    out = f"{lake.evaluation_dir(test_day)}/{candidate.model_name}-v{candidate.version:04d}"
+    with lake.publish(out) as staging:
+        for name, data in {
+            "metrics.json": json.dumps(result, indent=2).encode(),
+            **{f"{k}.png": v for k, v in plots.items()},
+        }.items():
+            with lake.filesystem.open_output_stream(f"{staging}/{name}") as stream:
+                stream.write(data)
+    return {**result, "path": out, "plots": plots}
 
+
+def _day(lake: Lake, day: dt.date, scorers: dict[str, Scorer]) -> dict[str, Any]:
+    """Every model's row of the table for one day's impressions and requests, with random and the oracle."""
     impressions = read_table(lake, [day], columns=None).join(
         _read(lake, lake.truth_dir("impressions", day)), "impression_id"
     )
@@ -101,15 +131,14 @@ def evaluate(lake: Lake, candidate: ModelVersion, *, log: Any = print) -> dict[s
     rows: dict[str, dict[str, Any]] = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     calibrations: dict[str, dict[str, Any]] = {}
-    for role, version in models.items():
-        scorer = Scorer(lake, version)
+    for role, scorer in scorers.items():
         p = scorer.score(impressions)
         request_scores = scorer.score(scorer.featurize(requests))
         scored = np.isfinite(request_scores)
         calibrations[role] = calibration(labels, p)
         curves[role] = roc_curve(labels, p)
         rows[role] = {
-            "model": version.ref,
+            "model": scorer.version.ref,
             "auc": auc(labels, p),
             "log_loss": log_loss(labels, p),
             "ece": calibrations[role]["ece"],
@@ -144,28 +173,15 @@ def evaluate(lake: Lake, candidate: ModelVersion, *, log: Any = print) -> dict[s
         # Share of the oracle's lift over random in expected participation (random 0, oracle 1).
         lift = ceiling - floor
         row["oracle_lift_share"] = (row["expected_participation"] - floor) / lift if lift > 0 else float("nan")
-
-    plots = {"roc": _roc_png(curves), "calibration": _calibration_png(calibrations)}
-    result = {
-        "holdout_day": candidate.card["holdout_day"],
-        "candidate": candidate.ref,
-        "baseline": baseline.ref,
-        "production": production.ref if production else None,
+    return {
         "impressions": len(labels),
         "requests": total_requests,
         "requests_rejected": rejected.num_rows,
         "cold_start_requests": len(cold_requests),
         "table": rows,
+        "curves": curves,
+        "calibrations": calibrations,
     }
-    out = f"{lake.evaluation_dir(day)}/{candidate.model_name}-v{candidate.version:04d}"
-    with lake.publish(out) as staging:
-        for name, data in {
-            "metrics.json": json.dumps(result, indent=2).encode(),
-            **{f"{k}.png": v for k, v in plots.items()},
-        }.items():
-            with lake.filesystem.open_output_stream(f"{staging}/{name}") as stream:
-                stream.write(data)
-    return {**result, "path": out, "plots": plots}
 
 
 def _share(wanted: np.ndarray, covered: np.ndarray) -> float:
@@ -247,11 +263,13 @@ def main() -> None:
             "baseline": result["baseline"],
             "production": result["production"] or "none",
             "holdout_day": result["holdout_day"],
+            "validation_day": result["validation_day"],
             "cold_start_requests": result["cold_start_requests"],
             "evaluation_path": result["path"],
             "quality": {"raw_value": markdown_table(table), "type": "md"},
             "plots": {"raw_value": images, "type": "md"},
             "table_json": {"raw_value": table, "type": "json"},
+            "validation_table_json": {"raw_value": result["validation_table"], "type": "json"},
         }
         for role in ("candidate", "xgboost", "production", "oracle", "random"):
             for key in ("auc", "log_loss", "expected_participation", "coverage"):

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from discord_ml.lake import Lake
-from discord_ml.ml.features import DENSE, SPARSE, FeatureSpec, featurize, matrices
+from discord_ml.ml.features import FeatureSpec, featurize, matrices
 from discord_ml.registry import ModelVersion
 
 
@@ -24,8 +24,11 @@ class Scorer:
         if version.card["kind"] == "xgboost":
             import xgboost as xgb
 
+            from discord_ml.ml.baseline import CountStats
+
             self.booster = xgb.Booster()
             self.booster.load_model(bytearray(data))
+            self.counts = CountStats.from_bytes(self._read(lake, version, "counts.parquet"))
             self.model = None
         else:
             import torch
@@ -39,8 +42,8 @@ class Scorer:
             self.model.to(device).eval()
 
     @staticmethod
-    def _read(lake: Lake, version: ModelVersion) -> bytes:
-        name = "model.ubj" if version.card["kind"] == "xgboost" else "model.pt"
+    def _read(lake: Lake, version: ModelVersion, name: str | None = None) -> bytes:
+        name = name or ("model.ubj" if version.card["kind"] == "xgboost" else "model.pt")
         with lake.filesystem.open_input_stream(f"{version.path}/{name}") as stream:
             return stream.read()
 
@@ -49,11 +52,13 @@ class Scorer:
         return featurize(raw, self.features)
 
     def score(self, features: pa.Table) -> np.ndarray:
-        sparse, dense = matrices(features)
         if self.model is None:
             import xgboost as xgb
 
-            return self.booster.predict(xgb.DMatrix(np.hstack([sparse, dense]), feature_names=SPARSE + DENSE))
+            from discord_ml.ml.baseline import scoring_matrix
+
+            return self.booster.predict(xgb.DMatrix(scoring_matrix(features, self.counts), enable_categorical=True))
+        sparse, dense = matrices(features)
         import torch
 
         out = []

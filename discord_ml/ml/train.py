@@ -19,14 +19,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from dagster_pipes import open_dagster_pipes
 
 from discord_ml.lake import Lake, LakeError, date_str, parse_date, window_days
-from discord_ml.ml.features import DENSE, SPARSE, FeatureSpec, matrices
+from discord_ml.ml.features import DENSE, SPARSE, FeatureSpec
 from discord_ml.ml.metrics import auc, log_loss
 from discord_ml.ml.models import NEURAL_MODELS, ModelConfig
 from discord_ml.ml.runtime import init_ray
@@ -36,10 +35,15 @@ FEATURE_COLUMNS = [*SPARSE, *DENSE, "label"]
 DRILL_MARKER = "fault-drill.marker"
 
 
-def split_window(end: dt.date, window: int) -> tuple[list[dt.date], dt.date]:
-    """(training days, held-out day) of the `window` days ending at `end`."""
+def split_window(end: dt.date, window: int) -> tuple[list[dt.date], dt.date, dt.date]:
+    """(training days, validation day, test day) of the `window` days ending at `end`.
+
+    Everything that is tuned (early stopping, the epoch kept, XGBoost's rounds, the promotion gate)
+    looks at the validation day; the test day is only reported."""
+    if window < 3:
+        raise LakeError(f"data_window {window} is too short: it needs training days, a validation day and a test day")
     days = window_days(end, window)
-    return days[:-1], days[-1]
+    return days[:-2], days[-2], days[-1]
 
 
 def feature_files(lake: Lake, days: list[dt.date]) -> list[str]:
@@ -73,7 +77,7 @@ def _forward_progress(queue: Any, on_event: Callable[[dict[str, Any]], None], st
 def train_neural(
     lake: Lake,
     train: list[dt.date],
-    holdout: dt.date,
+    validation: dt.date,
     *,
     model: ModelConfig,
     workers: int,
@@ -100,7 +104,7 @@ def train_neural(
         splits = ds.split(workers, equal=True)
         return [split.to_arrow_refs() for split in splits], sum(split.count() for split in splits)
 
-    (train_shards, train_rows), (valid_shards, _) = shards(train), shards([holdout])
+    (train_shards, train_rows), (valid_shards, _) = shards(train), shards([validation])
     progress = Queue(actor_options={"num_cpus": 0})
     fail_once = None
     if fail_once_at_epoch is not None:
@@ -126,7 +130,10 @@ def train_neural(
             name="train",
             storage_path=lake.run_storage(run_id),
             failure_config=FailureConfig(max_failures=2),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # The best epochs by validation AUC are kept (and always the latest, to resume from).
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute="valid_auc", checkpoint_score_order="max"
+            ),
         ),
     )
     events: list[dict[str, Any]] = []
@@ -144,14 +151,16 @@ def train_neural(
     finally:
         stop.set()
         forwarder.join(timeout=10)
-    if result.checkpoint is None:
+    best = result.get_best_checkpoint(metric="valid_auc", mode="max")  # early stopping on the validation day
+    if best is None:
         raise RuntimeError("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as directory:
+    with best.as_directory() as directory:
         state, artifact = unshard_checkpoint(directory, model)
     epoch_events = [e for e in events if e["kind"] == "epoch"]
     plan = next((e for e in events if e["kind"] == "plan"), {})
     summary = {
         "metrics": state["metrics"],
+        "best_epoch": state["epoch"],
         "epochs_run": [e["epoch"] for e in epoch_events],
         "history": [{k: v for k, v in e.items() if k != "kind"} for e in epoch_events],
         "shard_plan": plan.get("tables", []),
@@ -203,38 +212,47 @@ XGB_PARAMS = {
     "subsample": 0.8,
     "colsample_bytree": 0.8,
     "min_child_weight": 5,
+    "max_cat_to_onehot": 1,  # partition-based splits on the categorical vocabularies
 }
+XGB_COLUMNS = ["impression_id", "user_id", "quest_id", *SPARSE[2:], *DENSE, "label"]
 
 
 @ray.remote(num_cpus=1)
-def _fit_xgboost(train: pa.Table, valid: pa.Table, rounds: int) -> tuple[bytes, dict[str, Any]]:
+def _fit_xgboost(train: pa.Table, valid: pa.Table, rounds: int) -> tuple[bytes, bytes, dict[str, Any]]:
     import xgboost as xgb
 
-    def dmatrix(table: pa.Table) -> xgb.DMatrix:
-        sparse, dense = matrices(table)
-        return xgb.DMatrix(np.hstack([sparse, dense]), label=table["label"].to_numpy(), feature_names=SPARSE + DENSE)
+    from discord_ml.ml.baseline import CountStats, scoring_matrix, training_matrix
 
     started = time.perf_counter()
-    dtrain, dvalid = dmatrix(train), dmatrix(valid)
+    stats = CountStats.fit(train)  # from the training days only
+    dtrain = xgb.DMatrix(training_matrix(train, stats), label=train["label"].to_numpy(), enable_categorical=True)
+    dvalid = xgb.DMatrix(scoring_matrix(valid, stats), label=valid["label"].to_numpy(), enable_categorical=True)
     booster = xgb.train(
         XGB_PARAMS, dtrain, rounds, evals=[(dvalid, "valid")], early_stopping_rounds=20, verbose_eval=False
     )
-    p = booster.predict(dvalid, iteration_range=(0, booster.best_iteration + 1))
+    booster = booster[: booster.best_iteration + 1]  # keep only the rounds early stopping chose
+    p = booster.predict(dvalid)
     y = valid["label"].to_numpy()
     seconds = time.perf_counter() - started
     metrics = {
         "valid_auc": auc(y, p),
         "valid_log_loss": log_loss(y, p),
-        "best_iteration": booster.best_iteration,
-        "samples_per_s": train.num_rows * (booster.best_iteration + 1) / seconds,
+        "best_iteration": booster.num_boosted_rounds() - 1,
+        "samples_per_s": train.num_rows * booster.num_boosted_rounds() / seconds,
     }
-    return bytes(booster.save_raw("ubj")), metrics
+    return bytes(booster.save_raw("ubj")), stats.to_bytes(), metrics
 
 
-def train_xgboost(lake: Lake, train: list[dt.date], holdout: dt.date, rounds: int = 300) -> tuple[dict, bytes]:
+def train_xgboost(lake: Lake, train: list[dt.date], validation: dt.date, rounds: int = 300) -> tuple[dict, dict]:
+    """(summary, registry files) of the baseline: booster and the window's count statistics."""
     started = time.perf_counter()
-    model, metrics = ray.get(_fit_xgboost.remote(read_table(lake, train), read_table(lake, [holdout]), rounds))
-    return {"metrics": metrics, "fit_seconds": time.perf_counter() - started}, model
+    model, counts, metrics = ray.get(
+        _fit_xgboost.remote(read_table(lake, train, XGB_COLUMNS), read_table(lake, [validation], XGB_COLUMNS), rounds)
+    )
+    return {"metrics": metrics, "fit_seconds": time.perf_counter() - started}, {
+        "model.ubj": model,
+        "counts.parquet": counts,
+    }
 
 
 # --- entry point --------------------------------------------------------------------------------
@@ -242,20 +260,20 @@ def train_xgboost(lake: Lake, train: list[dt.date], holdout: dt.date, rounds: in
 
 def train_and_register(args: argparse.Namespace, on_event: Callable[[dict[str, Any]], None]) -> ModelVersion:
     lake = Lake(args.root)
-    train, holdout = split_window(parse_date(args.date, field="partition"), args.window)
-    feature_files(lake, [*train, holdout])  # fail before any work when a day is missing
+    train, validation, test = split_window(parse_date(args.date, field="partition"), args.window)
+    feature_files(lake, [*train, validation, test])  # fail before any work when a day is missing
     spec = FeatureSpec()  # the one prep hashed with
     card: dict[str, Any] = {
         "data_window": [date_str(d) for d in train],
-        "holdout_day": date_str(holdout),
+        "validation_day": date_str(validation),
+        "holdout_day": date_str(test),
         "partition": args.date,
         "window_days": args.window,
         "run_id": args.run_id,
         "features": {"user_buckets": spec.user_buckets, "quest_buckets": spec.quest_buckets},
     }
     if args.model == "xgboost":
-        summary, artifact = train_xgboost(lake, train, holdout, rounds=args.rounds)
-        files = {"model.ubj": artifact}
+        summary, files = train_xgboost(lake, train, validation, rounds=args.rounds)
         card |= {"kind": "xgboost", "params": XGB_PARAMS, "rounds": args.rounds}
     else:
         use_gpu = _use_gpu(args.device)
@@ -263,7 +281,7 @@ def train_and_register(args: argparse.Namespace, on_event: Callable[[dict[str, A
         summary, artifact = train_neural(
             lake,
             train,
-            holdout,
+            validation,
             model=model,
             workers=args.workers,
             epochs=args.epochs,
@@ -310,7 +328,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--root", required=True, help="data root (path or URL)")
     p.add_argument("--date", required=True, help="partition: the last day of the window, YYYY-MM-DD")
-    p.add_argument("--window", type=int, default=3, help="days in the window, the last one held out")
+    p.add_argument("--window", type=int, default=4, help="days in the window: training days, then validation, test")
     p.add_argument("--model", choices=[*NEURAL_MODELS, "xgboost"], default="dlrm")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=4)
@@ -340,6 +358,7 @@ def main() -> None:
             "model_version": version.ref,
             "model_path": version.path,
             "data_window": ", ".join(version.card["data_window"]),
+            "validation_day": version.card["validation_day"],
             "holdout_day": version.card["holdout_day"],
             "git_sha": version.card["git_sha"],
             **{k: round(float(v), 5) for k, v in training["metrics"].items() if isinstance(v, int | float)},

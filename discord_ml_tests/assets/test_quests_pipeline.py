@@ -96,7 +96,8 @@ def test_landed_days_flow_from_the_sensor_to_recommendations(dagster_instance: d
     memory = json.loads(trained["memory_per_worker"])
     quest_bytes = FeatureSpec().quest_buckets * dim * 4
     assert sorted(m["sharded_table_bytes"] for m in memory) == [rows * dim * 2, rows * dim * 2 + quest_bytes]
-    assert trained["data_window"] == "2026-11-01, 2026-11-02, 2026-11-03" and trained["holdout_day"] == "2026-11-04"
+    assert (trained["data_window"], trained["validation_day"], trained["holdout_day"]) == (
+        "2026-11-01, 2026-11-02", "2026-11-03", "2026-11-04")  # fmt: skip
     version = ModelRegistry(lake).get(str(trained["model_version"]))
     assert version.card["training"]["epochs_run"] == [0, 1, 2, 3] and version.card["git_sha"]
 
@@ -182,11 +183,11 @@ def _parquet_error(path: Path) -> str:
 
 
 def test_a_killed_worker_resumes_from_its_last_checkpoint(local_cluster: LocalRayCluster, lake: Lake) -> None:
-    generate(lake, days=2, config=tiny(impressions_per_day=8000))
-    for i in range(2):
+    generate(lake, days=3, config=tiny(impressions_per_day=8000))
+    for i in range(3):
         write_features_in_process(lake, START + dt.timedelta(days=i))
     lines: list[str] = []
-    args = f"--root {lake.root} --date 2026-11-02 --window 2 --epochs 3 --workers 2 --fail-once-at-epoch 1"
+    args = f"--root {lake.root} --date 2026-11-03 --window 3 --epochs 3 --workers 2 --fail-once-at-epoch 1"
     entrypoint = f"python -m discord_ml.ml.train {args} --run-id fault-drill"
     headers = local_cluster.auth_headers()
     outcome = submit_and_follow(
@@ -204,12 +205,12 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(local_cluster: LocalRa
 def test_two_workers_learn_what_one_worker_learns(local_cluster: LocalRayCluster, lake: Lake) -> None:
     """Model-parallel tables change where the rows live, not what is learned: on the same data, 2 workers
     reach the validation AUC of 1 worker with the same global batch (each worker steps on half of its rows)."""
-    generate(lake, days=3, config=tiny(impressions_per_day=30_000))
-    for i in range(3):
+    generate(lake, days=4, config=tiny(impressions_per_day=30_000))
+    for i in range(4):
         write_features_in_process(lake, START + dt.timedelta(days=i))
     auc = {}
     for workers in (1, 2):
-        args = f"--root {lake.root} --date 2026-11-03 --window 3 --epochs 3 --workers {workers} " \
+        args = f"--root {lake.root} --date 2026-11-04 --window 4 --epochs 3 --workers {workers} " \
                f"--batch-size {1024 // workers}"  # fmt: skip
         outcome = submit_and_follow(local_cluster.dashboard_url, headers=local_cluster.auth_headers(),
                                     entrypoint=f"python -m discord_ml.ml.train {args} --run-id w{workers}")  # fmt: skip

@@ -63,13 +63,13 @@ def test_parts_cover_every_row_once_with_two_per_actor(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_the_actor_pool_gives_exactly_the_top_k_of_one_process(local_cluster: LocalRayCluster, tmp_path: Path) -> None:
     lake = Lake(str(tmp_path / "lake"))
-    generate(lake, days=2, config=tiny())
-    for i in range(2):
+    generate(lake, days=3, config=tiny())
+    for i in range(3):
         write_features_in_process(lake, START + dt.timedelta(days=i))
-    serving = "2026-11-03"
+    serving = "2026-11-04"
     lines: list[str] = []
     for entrypoint in (
-        f"python -m discord_ml.ml.train --root {lake.root} --date 2026-11-02 --window 2 --model xgboost",
+        f"python -m discord_ml.ml.train --root {lake.root} --date 2026-11-03 --window 3 --model xgboost",
         # 333 rows a part: cuts fall inside slates of 8 candidates
         f"python -m discord_ml.ml.inference --root {lake.root} --date {serving} --model xgboost/v0001 "
         "--actors 2 --top-k 3 --max-part-rows 333",
@@ -79,7 +79,7 @@ def test_the_actor_pool_gives_exactly_the_top_k_of_one_process(local_cluster: Lo
         assert outcome.status == "SUCCEEDED", "\n".join(lines[-30:])
     [line] = [x for x in lines if x.startswith(RESULT_PREFIX)]
     summary = json.loads(line.removeprefix(RESULT_PREFIX))
-    requests = read_dir(lake, lake.requests_dir(dt.date(2026, 11, 3)))
+    requests = read_dir(lake, lake.requests_dir(dt.date(2026, 11, 4)))
     assert summary["parts"] >= requests.num_rows // 333 and summary["coverage"] == 1.0
     assert summary["actor_startup_s"] > 0 and summary["rows_per_s_per_actor"] > 0
 
@@ -89,7 +89,7 @@ def test_the_actor_pool_gives_exactly_the_top_k_of_one_process(local_cluster: Lo
         "score", pa.array(scorer.score(scorer.featurize(valid)), pa.float32())
     )
     expected = top_k(scored, 3).sort_by([("request_id", "ascending"), ("rank", "ascending")])
-    actual = read_dir(lake, lake.recommendations_dir(dt.date(2026, 11, 3)))
+    actual = read_dir(lake, lake.recommendations_dir(dt.date(2026, 11, 4)))
     actual = actual.sort_by([("request_id", "ascending"), ("rank", "ascending")])
     columns = ["request_id", "quest_id", "rank"]
     assert actual.select(columns).to_pylist() == expected.select(columns).to_pylist()
