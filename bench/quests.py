@@ -3,7 +3,8 @@
     python -m bench.quests [--quick] [--json]
 
 The full run uses 2M impressions (8 days of 250k) and adds DCN-v2 and batch inference over 10M
-candidate rows; `--quick` (about 8 minutes on 2 cores) uses 400k. It prints:
+candidate rows; `--quick` (about 8 minutes on 2 cores) uses 750k, too few for the quality to mean
+much at this batch size. The batch is 8,192 rows per worker (see bench/train_step.py). It prints:
 - the quality table on the held-out day: DLRM (and DCN-v2) trained by Ray Train + TorchRec on 2
   workers vs the XGBoost baseline trained on the same window, random, and the oracle (the true
   probabilities: the Bayes limit);
@@ -99,30 +100,20 @@ def _plain_train(root: str, days: list[str], validation: str, model: str, thread
 
 
 def _plain_score(root: str, ref: str, day: str, out: Any) -> None:
-    """The reference scorer, timed like an actor: start-up (imports and model load, from the process's
-    birth), then steady-state scoring of the same parts, one thread."""
-    import psutil
-    import pyarrow.parquet as pq
-    import torch
+    """The reference: one process, no Ray, running the actors' own code (`ScoreParts`: read, score, rank the
+    top 3, write) over the same parts one after the other; start-up from the process's birth, as for an actor."""
+    import numpy as np
 
     from discord_ml.lake import parse_date
-    from discord_ml.ml.features import split_valid
-    from discord_ml.ml.scoring import Scorer
+    from discord_ml.ml.inference import ScoreParts
 
-    torch.set_num_threads(1)
     lake = Lake(root)
-    scorer = Scorer(lake, ModelRegistry(lake).get(ref))
-    startup = time.time() - psutil.Process().create_time()
-    parts, _ = plan_parts(lake, lake.files(lake.requests_dir(parse_date(day))), actors=1, max_rows=MAX_PART_ROWS)
-    rows, busy = 0, 0.0
-    for part in parts:
-        began = time.perf_counter()
-        with lake.filesystem.open_input_file(part.file) as handle:
-            table = pq.ParquetFile(handle).read_row_group(part.row_group).slice(part.start, part.stop - part.start)
-        valid, _ = split_valid(table, with_label=False)
-        rows += len(scorer.score(scorer.featurize(valid)))
-        busy += time.perf_counter() - began
-    out.put({"startup_s": startup, "rows_per_s": rows / busy})
+    parts, _ = plan_parts(lake, lake.files(lake.requests_dir(parse_date(day))), actors=2, max_rows=MAX_PART_ROWS)
+    with tempfile.TemporaryDirectory() as staging:
+        scorer = ScoreParts(root, ref, "cpu", staging, 3)
+        report = scorer({key: np.array([getattr(p, key) for p in parts], dtype=object)
+                         for key in ("file", "row_group", "start", "stop")})  # fmt: skip
+    out.put({"startup_s": scorer.startup_s, "rows_per_s": sum(report["valid"]) / sum(report["seconds"])})
 
 
 def _in_child(target: Callable[..., None], *args: Any) -> dict[str, Any]:
@@ -153,14 +144,14 @@ def _tile_requests(lake: Lake, source: dt.date, target: dt.date, rows: int) -> i
     return copies * base.num_rows
 
 
-QUICK = {"days": 4, "impressions_per_day": 100_000, "requests_per_day": 20_000, "epochs": 3, "inference_rows": 0}
+QUICK = {"days": 5, "impressions_per_day": 150_000, "requests_per_day": 20_000, "epochs": 3, "inference_rows": 0}
 FULL = {"days": 8, "impressions_per_day": 250_000, "requests_per_day": 50_000, "epochs": 3,
         "inference_rows": 10_000_000}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="400k impressions, DLRM only (about 8 minutes)")
+    parser.add_argument("--quick", action="store_true", help="750k impressions, DLRM only (about 8 minutes)")
     parser.add_argument("--json", action="store_true", help="end with one JSON object of the results")
     parser.add_argument("--days", type=int, help="days landed; the last is held out")
     parser.add_argument("--impressions-per-day", type=int)
@@ -169,7 +160,7 @@ def main() -> None:
     parser.add_argument("--inference-rows", type=int, help="candidate rows of the end-to-end inference run (0: skip)")
     parser.add_argument("--learning-rate", type=float, default=0.01, help="Adam step of the dense layers")
     parser.add_argument("--sparse-learning-rate", type=float, default=0.5, help="Adagrad step of the tables")
-    parser.add_argument("--batch-size", type=int, default=2048, help="rows per step per worker")
+    parser.add_argument("--batch-size", type=int, default=8192, help="rows per step per worker")
     args = parser.parse_args()
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -14,6 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+# Ray colours the `(RayTrainWorker pid=…)` prefixes of worker output: escape codes mean nothing in an
+# event log, a file or a web page.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def plain_text(line: str) -> str:
+    """`line` without terminal escape sequences (colours, cursor moves)."""
+    return _ANSI.sub("", line)
 
 
 class RayJobFailedError(RuntimeError):
@@ -57,7 +66,7 @@ def submit_and_follow(
         entrypoint: shell command run by the job driver.
         headers: auth headers (the cluster's bearer token).
         runtime_env: Ray runtime env (env_vars, working_dir, py_modules...).
-        on_line: called once per stdout/stderr line, in order.
+        on_line: called once per stdout/stderr line, in order, without terminal colour codes.
         on_submitted: called with the job id right after submission.
         submission_id: the job id to use (default: Ray generates one).
         tail_lines: how many trailing lines to keep for the outcome / error.
@@ -84,19 +93,21 @@ def submit_and_follow(
     count = 0
 
     async def follow() -> None:
-        nonlocal count
         pending = ""
         async for chunk in client.tail_job_logs(job_id):
             pending += chunk
             *complete, pending = pending.split("\n")
             for line in complete:
-                count += 1
-                tail.append(line)
-                on_line(line)
+                emit(line)
         if pending:
-            count += 1
-            tail.append(pending)
-            on_line(pending)
+            emit(pending)
+
+    def emit(raw: str) -> None:
+        nonlocal count
+        line = plain_text(raw)
+        count += 1
+        tail.append(line)
+        on_line(line)
 
     try:
         asyncio.run(follow())

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from discord_ml.definitions import defs
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("ray", "torch", "kubernetes", "xgboost")
+HEAVY = ("ray", "torch", "torchrec", "fbgemm_gpu", "kubernetes", "xgboost")
 
 
 def test_definitions_wire_the_platform_job() -> None:
@@ -22,14 +23,19 @@ def test_definitions_wire_the_platform_job() -> None:
     assert defs.resolve_assets_def("ray_cluster_check").key == dg.AssetKey("ray_cluster_check")
 
 
-def test_dagster_definitions_validate_passes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("home", ["project", "unset"])
+def test_dagster_definitions_validate_passes(tmp_path: Path, home: str) -> None:
+    """With the scripts' DAGSTER_HOME, and in a plain shell where it is unset."""
     (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    if home == "project":
+        env["DAGSTER_HOME"] = str(tmp_path)
     result = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
         cwd=REPO,
         capture_output=True,
         text=True,
-        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
+        env=env,
         timeout=300,
         check=False,
     )

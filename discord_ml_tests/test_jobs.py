@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import sys
@@ -28,6 +29,21 @@ def test_lines_are_streamed_in_order(local_cluster: LocalRayCluster) -> None:
     printed = [line for line in lines if line.startswith("line-")]
     assert printed == [f"line-{i}" for i in range(20)]
     assert outcome.lines == len(lines)
+
+
+def test_lines_arrive_without_colour_codes(local_cluster: LocalRayCluster) -> None:
+    lines: list[str] = []
+    # A task's output comes back through the driver with Ray's coloured `(task pid=…)` prefix.
+    script = (
+        "import ray; ray.init()\n"
+        "@ray.remote\ndef task(): print('from-a-task', flush=True)\n"
+        "ray.get(task.remote()); print('\\x1b[31mred\\x1b[0m', flush=True)"
+    )
+    outcome = submit_and_follow(local_cluster.dashboard_url, entrypoint=f"python -c {shlex.quote(script)}",
+                                headers=local_cluster.auth_headers(), on_line=lines.append)  # fmt: skip
+    assert outcome.status == "SUCCEEDED"
+    assert "red" in lines and any(line.startswith("(task pid=") and "from-a-task" in line for line in lines), lines
+    assert not any("\x1b" in line for line in lines)
 
 
 def test_failed_job_raises_with_its_last_lines(local_cluster: LocalRayCluster) -> None:

@@ -5,9 +5,11 @@ Rules (constraints handed to `EmbeddingShardingPlanner`, which then balances the
 - a table under `SMALL_TABLE_ROWS` rows is replicated (data-parallel): a few rows cost less to
   all-reduce than to route every lookup through an all-to-all;
 - on GPUs every other table is row-wise (TorchRec's row-wise kernels need CUDA + NCCL);
-- on CPUs a table too big for one rank's fair share is split column-wise across every rank (each
-  holds all rows, 1/N of the columns: 1/N of the memory), the others go whole to one rank
-  (table-wise).
+- on CPUs a table goes whole to one rank (table-wise; the planner balances the ranks), unless it is
+  bigger than `WHOLE_TABLE_LIMIT_BYTES`: then it is split column-wise across every rank (each
+  holds all rows and 1/N of the columns: 1/N of the memory). Table-wise is the faster of the two
+  on CPU: a lookup is processed once, by one rank, where column-wise makes every rank process every
+  lookup of the table (measured by `bench/train_step.py`).
 Sharded tables are updated inside backward by FBGEMM (row-wise Adagrad); replicated tables and the
 dense layers train under DDP with the dense optimizer.
 """
@@ -29,19 +31,20 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 SMALL_TABLE_ROWS = 1024
+WHOLE_TABLE_LIMIT_BYTES = 256 * 2**20
 
 
-def placement_rules(tables: list[EmbeddingBagConfig], *, world: int, device_type: str) -> dict[str, str]:
+def placement_rules(
+    tables: list[EmbeddingBagConfig], *, world: int, device_type: str, whole_table_limit: int = WHOLE_TABLE_LIMIT_BYTES
+) -> dict[str, str]:
     """Table name -> the sharding type the rules above give it (pure; tested without a process group)."""
-    big = [t for t in tables if t.num_embeddings >= SMALL_TABLE_ROWS]
-    fair_share = sum(t.num_embeddings * t.embedding_dim for t in big) / max(world, 1)
     rules: dict[str, str] = {}
     for table in tables:
         if table.num_embeddings < SMALL_TABLE_ROWS:
             kind = ShardingType.DATA_PARALLEL
         elif device_type == "cuda":
             kind = ShardingType.ROW_WISE
-        elif world > 1 and table.num_embeddings * table.embedding_dim > fair_share and _splits(table, world):
+        elif world > 1 and table.num_embeddings * table.embedding_dim * 4 > whole_table_limit and _splits(table, world):
             kind = ShardingType.COLUMN_WISE
         else:
             kind = ShardingType.TABLE_WISE
@@ -53,8 +56,10 @@ def _splits(table: EmbeddingBagConfig, world: int) -> bool:
     return table.embedding_dim % world == 0 and table.embedding_dim // world >= 4
 
 
-def constraints(tables: list[EmbeddingBagConfig], *, world: int, device_type: str) -> dict[str, ParameterConstraints]:
-    rules = placement_rules(tables, world=world, device_type=device_type)
+def constraints(
+    tables: list[EmbeddingBagConfig], *, world: int, device_type: str, whole_table_limit: int
+) -> dict[str, ParameterConstraints]:
+    rules = placement_rules(tables, world=world, device_type=device_type, whole_table_limit=whole_table_limit)
     by_name = {t.name: t for t in tables}
     return {
         name: ParameterConstraints(
@@ -67,7 +72,12 @@ def constraints(tables: list[EmbeddingBagConfig], *, world: int, device_type: st
 
 
 def shard_model(
-    model: nn.Module, tables: list[EmbeddingBagConfig], *, device: torch.device, sparse_learning_rate: float
+    model: nn.Module,
+    tables: list[EmbeddingBagConfig],
+    *,
+    device: torch.device,
+    sparse_learning_rate: float,
+    whole_table_limit: int = WHOLE_TABLE_LIMIT_BYTES,
 ) -> tuple[DistributedModelParallel, ShardingPlan]:
     """Plan the tables of `model.embeddings` (built on `meta`) over the default process group and wrap
     the model in `DistributedModelParallel`; every rank must call it."""
@@ -76,7 +86,7 @@ def shard_model(
     world = dist.get_world_size()
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=world, compute_device=device.type),
-        constraints=constraints(tables, world=world, device_type=device.type),
+        constraints=constraints(tables, world=world, device_type=device.type, whole_table_limit=whole_table_limit),
     )
     sharders: list[Any] = [EmbeddingBagCollectionSharder()]
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)

@@ -175,14 +175,14 @@ def train_loop(config: dict[str, Any]) -> None:
         started = time.perf_counter()
         model.train()
         order = torch.from_numpy(np.random.default_rng([config["seed"], epoch, rank]).permutation(len(train)))
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
         for step in range(steps):
             sparse, dense_x, y = train.batch(order[step * batch : (step + 1) * batch], device)
             loss = loss_fn(model(sparse, dense_x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # the sharded tables are updated here, inside backward
             optimizer.step()
-            total += loss.detach().cpu()
+            total += loss.detach()
         train_seconds = time.perf_counter() - started
         valid_auc, valid_log_loss = _validate(model, valid, device)
         metrics = {

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from discord_ml.cluster.provider import ClusterConnection
+from discord_ml.jobs import plain_text
 from discord_ml.xray.views import FilterError
 
 JOB_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
@@ -182,7 +183,7 @@ class RayDashboard:
     async def logs(self, job_id: str) -> str:
         """Everything the job printed so far. Raises LookupError when there is no such job."""
         payload = await self._get(f"/api/jobs/{quote(check_job_id(job_id))}/logs")
-        return str(payload.get("logs", "")) if isinstance(payload, Mapping) else ""
+        return plain_text(str(payload.get("logs", ""))) if isinstance(payload, Mapping) else ""
 
     async def tail(self, job_id: str, *, heartbeat: float = 15.0) -> AsyncIterator[str | None]:
         """Log lines as the job prints them (from the start), until the job ends; None every
@@ -203,8 +204,8 @@ class RayDashboard:
                         break
                     *lines, pending = (pending + str(message.data)).split("\n")
                     for line in lines:
-                        yield line
+                        yield plain_text(line)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise DashboardUnavailable(f"log tail of job {job_id} on {self.base} failed: {exc}") from exc
         if pending:
-            yield pending
+            yield plain_text(pending)

@@ -23,11 +23,18 @@ from discord_ml.ml.sharding import placement_rules
 BIG = ModelConfig("dlrm", embedding_dim=64, features=FeatureSpec(user_buckets=1 << 18))
 
 
-def test_cpu_rules_split_the_big_table_by_columns_and_replicate_the_vocabularies() -> None:
+def test_cpu_rules_place_whole_tables_and_replicate_the_vocabularies() -> None:
     rules = placement_rules(ModelConfig("dlrm").tables(), world=2, device_type="cpu")
-    assert rules == {"user_bucket": "column_wise", "quest_bucket": "table_wise"} | dict.fromkeys(
+    assert rules == {"user_bucket": "table_wise", "quest_bucket": "table_wise"} | dict.fromkeys(
         CATEGORICAL, "data_parallel"
     )
+
+
+def test_a_table_over_the_limit_is_split_by_columns() -> None:
+    tables = BIG.tables()  # a 64 MiB user table
+    assert placement_rules(tables, world=2, device_type="cpu")["user_bucket"] == "table_wise"
+    rules = placement_rules(tables, world=2, device_type="cpu", whole_table_limit=32 * 2**20)
+    assert (rules["user_bucket"], rules["quest_bucket"]) == ("column_wise", "table_wise")
 
 
 def test_one_worker_holds_whole_tables_and_gpus_shard_by_rows() -> None:
@@ -55,7 +62,7 @@ def _rank(rank: int, world: int, port: int, directory: str) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model, plan = shard_model(build_model(BIG, torch.device("meta")), BIG.tables(), device=torch.device("cpu"),
-                              sparse_learning_rate=0.1)  # fmt: skip
+                              sparse_learning_rate=0.1, whole_table_limit=32 * 2**20)  # fmt: skip
     dense_opt = torch.optim.Adam([p for _, p in in_backward_optimizer_filter(model.named_parameters())])
     rng = torch.Generator().manual_seed(rank)
     sizes = BIG.features.cardinalities()
