@@ -3,9 +3,10 @@
 Neural models train with Ray Train's `TorchTrainer`: the window's features are read with Ray Data
 and split into one equal shard per worker, the embedding tables are placed model-parallel on the
 workers by TorchRec (`DistributedModelParallel`, `ml/sharding.py`), every epoch is checkpointed to
-the run's storage and a killed worker resumes from the last checkpoint (`FailureConfig`).
-`xgboost` trains the baseline in one Ray task. The last day of the window is held out for
-validation; per-epoch metrics reach Dagster through Pipes.
+the run's storage and a killed worker resumes from the last checkpoint (`FailureConfig`); the
+epoch registered is the best on the validation day. `xgboost` trains the baseline in one Ray task.
+The window's days are training days, then the validation day, then the test day, which only the
+evaluation reads; per-epoch metrics reach Dagster through Pipes.
 """
 
 from __future__ import annotations

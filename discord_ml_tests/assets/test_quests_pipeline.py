@@ -195,7 +195,8 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(local_cluster: LocalRa
     assert Path(lake.run_storage("fault-drill"), "fault-drill.marker").exists()
     training = ModelRegistry(lake).get("dlrm/v0001").card["training"]
     assert training["resumed_at_epoch"] == [1]  # from the checkpoint of epoch 0
-    assert training["epochs_run"] == [0, 1, 2] and training["metrics"]["epoch"] == 2
+    assert training["epochs_run"] == [0, 1, 2] and training["history"][-1]["epoch"] == 2
+    assert training["metrics"]["epoch"] == training["best_epoch"]  # the registered model is the best epoch
     assert np.isfinite(training["metrics"]["valid_auc"])
 
 
