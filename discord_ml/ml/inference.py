@@ -102,7 +102,8 @@ class ScoreParts:
                                             strict=True):  # fmt: skip
             began = time.perf_counter()
             with self.lake.filesystem.open_input_file(str(file)) as handle:
-                rows = pq.ParquetFile(handle).read_row_group(int(group)).slice(int(start), int(stop) - int(start))
+                rows = pq.ParquetFile(handle).read_row_group(int(group), use_threads=False)  # one core per actor
+                rows = rows.slice(int(start), int(stop) - int(start))
             valid, _ = split_valid(rows, with_label=False)
             scores = self.scorer.score(self.scorer.featurize(valid))
             scored = valid.select(OUTPUT_COLUMNS[:-1]).append_column("score", pa.array(scores, pa.float32()))
