@@ -28,7 +28,7 @@ class Scorer:
 
             self.booster = xgb.Booster()
             self.booster.load_model(bytearray(data))
-            self.counts = CountStats.from_bytes(self._read(lake, version, "counts.parquet"))
+            self.counts = CountStats.from_bytes(self._read(lake, version, "counts.npz"))
             self.model = None
         else:
             import torch

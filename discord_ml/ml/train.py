@@ -252,7 +252,7 @@ def train_xgboost(lake: Lake, train: list[dt.date], validation: dt.date, rounds:
     )
     return {"metrics": metrics, "fit_seconds": time.perf_counter() - started}, {
         "model.ubj": model,
-        "counts.parquet": counts,
+        "counts.npz": counts,
     }
 
 
