@@ -13,41 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import tempfile
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from torch.multiprocessing.spawn import spawn
 
-from discord_ml.cluster.processes import free_ports
+from bench.gloo import on_ranks
 from discord_ml.ml.features import FeatureSpec
 from discord_ml.ml.models import ModelConfig, build_model
 
 
-def _rank(rank: int, world: int, port: int, rows: int, dim: int, out: str) -> None:
+def _rank(rank: int, world: int, rows: int, dim: int) -> dict[str, int]:
     from discord_ml.ml.sharding import local_memory, shard_model
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
     config = ModelConfig("dlrm", embedding_dim=dim, features=FeatureSpec(user_buckets=rows))
     model, _ = shard_model(build_model(config, torch.device("meta")), config.tables(), device=torch.device("cpu"),
                            sparse_learning_rate=0.1)  # fmt: skip
     memory = local_memory(model, model.fused_optimizer.state_dict())
-    memory["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    Path(out, f"rank-{rank}.json").write_text(json.dumps(memory))
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def measure(world: int, rows: int, dim: int) -> list[dict[str, int]]:
-    with tempfile.TemporaryDirectory() as out:
-        [port] = free_ports(1)
-        spawn(_rank, args=(world, port, rows, dim, out), nprocs=world)
-        return [json.loads(Path(out, f"rank-{r}.json").read_text()) for r in range(world)]
+    return memory | {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def main() -> None:
@@ -56,7 +38,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64, help="embedding width of every table")
     parser.add_argument("--json", action="store_true", help="end with one JSON object")
     args = parser.parse_args()
-    results = {world: measure(world, args.rows, args.dim) for world in (1, 2)}
+    results = {world: on_ranks(_rank, world, args.rows, args.dim) for world in (1, 2)}
     reference = results[1][0]["sharded_table_bytes"] + results[1][0]["sharded_optimizer_bytes"]
     mib = 2**20
     print(f"user table {args.rows:,} x {args.dim} (fp32: {args.rows * args.dim * 4 / mib:,.0f} MiB)")

@@ -15,32 +15,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.multiprocessing.spawn import spawn
 
-from discord_ml.cluster.processes import free_ports
+from bench.gloo import on_ranks
 from discord_ml.ml.models import ModelConfig, batch_kjt, build_model
 
 COLLECTIVES = ("all_to_all", "allreduce", "all_reduce", "alltoall", "broadcast", "gloo")
 
 
-def _rank(rank: int, world: int, port: int, batch: int, steps: int, out: str) -> None:
+def _rank(rank: int, world: int, batch: int, steps: int) -> dict[str, float]:
     from torch.profiler import ProfilerActivity, profile
     from torchrec.optim import CombinedOptimizer, KeyedOptimizerWrapper
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
     from discord_ml.ml.sharding import shard_model
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     config = ModelConfig("dlrm")
     model, _ = shard_model(build_model(config, torch.device("meta")), config.tables(), device=torch.device("cpu"),
@@ -88,16 +81,7 @@ def _rank(rank: int, world: int, port: int, batch: int, steps: int, out: str) ->
         "collective_share": comm / max(total, 1),
         "samples_per_s": batch * world / float(np.median(phases["step"])),
     }
-    Path(out, f"rank-{rank}.json").write_text(json.dumps(result))
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def measure(world: int, batch: int, steps: int) -> list[dict[str, float]]:
-    with tempfile.TemporaryDirectory() as out:
-        [port] = free_ports(1)
-        spawn(_rank, args=(world, port, batch, steps, out), nprocs=world)
-        return [json.loads(Path(out, f"rank-{r}.json").read_text()) for r in range(world)]
+    return result
 
 
 def main() -> None:
@@ -108,9 +92,9 @@ def main() -> None:
     args = parser.parse_args()
     rows, report = [], {}
     for batch in args.batch_size:
-        reference = measure(1, batch, args.steps)[0]
+        reference = on_ranks(_rank, 1, batch, args.steps)[0]
         for world in (1, 2):
-            ranks = [reference] if world == 1 else measure(world, batch, args.steps)
+            ranks = [reference] if world == 1 else on_ranks(_rank, world, batch, args.steps)
             slowest = max(ranks, key=lambda r: r["step"])
             rows.append((batch, world, slowest, slowest["samples_per_s"] / reference["samples_per_s"]))
             report[f"{world}x{batch}"] = slowest | {"vs_1_worker": rows[-1][3]}
