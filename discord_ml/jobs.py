@@ -5,16 +5,26 @@
 
 from __future__ import annotations
 
-import asyncio
+import codecs
 import logging
+import queue
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
+
+import httpx
 
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+LOG_POLL_S = 0.1  # how often the head re-reads the driver's log for new lines
+STATUS_INTERVAL_S = 0.5
+STATUS_TIMEOUT_S = 10.0
+# The head has not answered for this long: the cluster is gone (a busy head answers in far less).
+LOST_AFTER_S = 20.0
 # Ray colours the `(RayTrainWorker pid=…)` prefixes of worker output: escape codes mean nothing in an
 # event log, a file or a web page.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -32,6 +42,18 @@ class RayJobFailedError(RuntimeError):
         self.job_id, self.status, self.tail = job_id, status, tail
         lines = "\n".join(tail)
         super().__init__(f"Ray job {job_id} ended {status}: {message}\n--- last {len(tail)} log lines ---\n{lines}")
+
+
+class RayClusterLostError(RayJobFailedError):
+    """The cluster stopped answering while a job ran (its head was killed, evicted or lost its node)."""
+
+    def __init__(self, job_id: str, cause: BaseException, tail: list[str]) -> None:
+        super().__init__(job_id, "LOST", f"the Ray cluster stopped answering for {LOST_AFTER_S:.0f}s "
+                         f"({type(cause).__name__}: {cause}); its head is gone or unreachable", tail)  # fmt: skip
+
+
+class _UnreachableError(Exception):
+    """Raised by the follower when the head has not answered for `LOST_AFTER_S`."""
 
 
 @dataclass
@@ -92,16 +114,6 @@ def submit_and_follow(
     tail: deque[str] = deque(maxlen=tail_lines)
     count = 0
 
-    async def follow() -> None:
-        pending = ""
-        async for chunk in client.tail_job_logs(job_id):
-            pending += chunk
-            *complete, pending = pending.split("\n")
-            for line in complete:
-                emit(line)
-        if pending:
-            emit(pending)
-
     def emit(raw: str) -> None:
         nonlocal count
         line = plain_text(raw)
@@ -110,21 +122,23 @@ def submit_and_follow(
         on_line(line)
 
     try:
-        asyncio.run(follow())
+        _LogFollower(dashboard_url, dict(headers or {}), job_id).run(emit)
+    except _UnreachableError as exc:  # nothing left to stop the job on
+        raise RayClusterLostError(job_id, exc.__cause__ or exc, list(tail)) from None
     except BaseException:
-        # Interrupted (the Dagster run was terminated, Ctrl-C) or the stream broke: never leave
+        # Interrupted (the Dagster run was terminated, Ctrl-C) or the cluster was lost: never leave
         # the job running on the cluster.
         _stop_quietly(client, job_id)
         raise
-    info = _wait_terminal(client, job_id)
+    info = _job_info(dashboard_url, dict(headers or {}), job_id)
     outcome = JobOutcome(
         job_id=job_id,
-        status=str(info.status),
-        message=(info.message or "").split("\n", 1)[0],  # Ray appends the whole log; we keep a tail
+        status=str(info.get("status")),
+        message=str(info.get("message") or "").split("\n", 1)[0],  # Ray appends the whole log; we keep a tail
         duration_s=time.monotonic() - started,
         lines=count,
         tail=list(tail),
-        exit_code=getattr(info, "driver_exit_code", None),
+        exit_code=info.get("driver_exit_code"),
     )
     if raise_on_failure and outcome.status != "SUCCEEDED":
         raise RayJobFailedError(job_id, outcome.status, outcome.message, outcome.tail)
@@ -143,11 +157,94 @@ def _stop_quietly(client: Any, job_id: str) -> None:
         logging.getLogger(__name__).warning("could not stop Ray job %s", job_id, exc_info=True)
 
 
-def _wait_terminal(client: Any, job_id: str, timeout: float = 30.0) -> Any:
-    # The log stream closes when the driver exits; the status lags it by a moment.
-    end = time.monotonic() + timeout
-    info = client.get_job_info(job_id)
-    while str(info.status) not in TERMINAL_STATES and time.monotonic() < end:
-        time.sleep(0.2)
-        info = client.get_job_info(job_id)
-    return info
+def _job_info(dashboard_url: str, headers: dict[str, str], job_id: str) -> dict[str, Any]:
+    """The Jobs API's record of a job (status, message, driver_exit_code)."""
+    response = httpx.get(f"{dashboard_url}/api/jobs/{job_id}", headers=headers, timeout=STATUS_TIMEOUT_S)
+    response.raise_for_status()
+    return dict(response.json())
+
+
+class _LogFollower:
+    """Follows a job's driver log through the State API's log stream until the job ends.
+
+    Ray's own job tail (`tail_job_logs`) re-reads the log once a second, so a line waits up to a
+    second before anything else happens; the State API streams the same file at `LOG_POLL_S`.
+    Once the job has ended, the part of the file the stream had not delivered is read whole, so
+    no line is lost however the stream behaved.
+    """
+
+    def __init__(self, dashboard_url: str, headers: dict[str, str], job_id: str) -> None:
+        self.base, self.headers, self.job_id = dashboard_url, headers, job_id
+        self.node_id = ""  # the driver's node, known once the job runs (the State API asks for it)
+        self.received = 0  # bytes of the log handed to `emit` so far
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""
+
+    def run(self, emit: Callable[[str], None]) -> None:
+        chunks: queue.Queue[tuple[int, bytes | None]] = queue.Queue()
+        generation, reader = 0, None
+        unreachable_since: float | None = None
+        next_status = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_status:
+                next_status = now + STATUS_INTERVAL_S
+                try:
+                    info = _job_info(self.base, self.headers, self.job_id)
+                    status, self.node_id = str(info.get("status")), str(info.get("driver_node_id") or "")
+                    unreachable_since = None
+                except (httpx.HTTPError, ValueError) as exc:
+                    unreachable_since = unreachable_since or now
+                    if now - unreachable_since > LOST_AFTER_S:
+                        raise _UnreachableError(str(exc)) from exc
+                    status = "UNKNOWN"
+                if status in TERMINAL_STATES:
+                    break
+                if self.node_id and (reader is None or not reader.is_alive()):
+                    generation += 1  # a new stream starts at byte 0: skip what was already emitted
+                    reader = threading.Thread(target=self._read_stream, args=(generation, self.received, chunks),
+                                              daemon=True, name=f"ray-log-{self.job_id}")  # fmt: skip
+                    reader.start()
+            try:
+                source, data = chunks.get(timeout=STATUS_INTERVAL_S / 2)
+            except queue.Empty:
+                continue
+            if source == generation and data:
+                self._feed(data, emit)
+        self._feed(self._rest(), emit)
+        if self._pending:
+            emit(self._pending)
+
+    def _read_stream(self, generation: int, skip: int, chunks: queue.Queue[tuple[int, bytes | None]]) -> None:
+        try:
+            timeout = httpx.Timeout(STATUS_TIMEOUT_S, read=None)
+            url = f"{self._url('stream')}&interval={LOG_POLL_S}"
+            with httpx.stream("GET", url, headers=self.headers, timeout=timeout) as response:
+                if response.status_code != 200:
+                    return  # the driver's log does not exist yet; the next status poll retries
+                for raw in response.iter_raw():
+                    data, skip = raw[skip:], max(0, skip - len(raw))
+                    chunks.put((generation, data))
+        except httpx.HTTPError:
+            pass  # the head went away or restarted: the status poll decides which
+        finally:
+            chunks.put((generation, None))
+
+    def _url(self, media: str) -> str:
+        query = urlencode({"submission_id": self.job_id, "node_id": self.node_id, "lines": -1})
+        return f"{self.base}/api/v0/logs/{media}?{query}"
+
+    def _rest(self) -> bytes:
+        if not self.node_id:  # the job ended before its driver ran: there is no log
+            return b""
+        response = httpx.get(self._url("file"), headers=self.headers, timeout=STATUS_TIMEOUT_S)
+        if response.status_code != 200:
+            return b""
+        return response.content[self.received :]
+
+    def _feed(self, data: bytes, emit: Callable[[str], None]) -> None:
+        self.received += len(data)
+        self._pending += self._decoder.decode(data)
+        *complete, self._pending = self._pending.split("\n")
+        for line in complete:
+            emit(line)

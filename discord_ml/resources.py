@@ -18,7 +18,7 @@ from discord_ml.cluster.backends import get_provider
 from discord_ml.cluster.names import sanitize_label_value
 from discord_ml.cluster.provider import ClusterConnection, ClusterProvider
 from discord_ml.cluster.spec import ClusterSpec, Purpose
-from discord_ml.jobs import RayJobFailedError, job_url, submit_and_follow
+from discord_ml.jobs import RayClusterLostError, RayJobFailedError, job_url, submit_and_follow
 from discord_ml.pipes import PipesRayJobLogReader
 
 
@@ -222,7 +222,7 @@ class RayClusterResource(dg.ConfigurableResource):
                 )
             except RayJobFailedError as exc:
                 raise dg.Failure(
-                    description=str(exc),
+                    description=self._explain(exc),
                     metadata={
                         "ray_job_id": exc.job_id,
                         "ray_dashboard": dg.MetadataValue.url(connection.dashboard_url),
@@ -238,6 +238,19 @@ class RayClusterResource(dg.ConfigurableResource):
             r._replace(metadata={**(r.metadata or {}), **extra}) if isinstance(r, dg.MaterializeResult) else r
             for r in session.get_results()
         ]
+
+    def _explain(self, exc: RayJobFailedError) -> str:
+        """The job's failure; when the cluster itself was lost, what the provider says of it."""
+        if not isinstance(exc, RayClusterLostError) or self._provider is None or self._spec is None:
+            return str(exc)
+        name = self._spec.cluster_name
+        try:
+            info = self._provider.get(name, namespace=self._spec.namespace)
+            state = f"{info.status}: {info.reason}" if info.reason else str(info.status)
+        except Exception as lookup:  # the provider may be as unreachable as the cluster
+            state = f"unknown ({lookup})"
+        return (f"Ray cluster {name} was lost while job {exc.job_id} ran; the cluster is {state}. "
+                f"A lost head does not come back: rerun the run on a new cluster.\n{exc}")  # fmt: skip
 
 
 def _run_has_failures(context: dg.InitResourceContext) -> bool:
