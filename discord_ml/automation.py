@@ -32,6 +32,7 @@ class SweepAction:
 
     cluster: ClusterInfo
     reason: str
+    kind: str = "orphaned"  # lifecycle.Staleness.kind
 
     def __str__(self) -> str:
         return f"{self.cluster.namespace}/{self.cluster.name} ({self.reason})"
@@ -52,7 +53,7 @@ def plan_sweep(
             continue
         stale = staleness(cluster, status_name, now)
         if stale is not None:
-            actions.append(SweepAction(cluster, stale.reason))
+            actions.append(SweepAction(cluster, stale.reason, stale.kind))
     return actions
 
 
@@ -92,9 +93,20 @@ def ray_cluster_sweeper(context: dg.SensorEvaluationContext, ray_cluster: RayClu
     actions = sweep(provider, instance_run_status(context.instance))
     for action in actions:
         context.log.info(f"deleted Ray cluster {action}")
+        if action.kind == "crashed" and action.cluster.run_id:
+            _fail_crashed_run(context.instance, action)
     if not actions:
         return dg.SkipReason("no orphaned or expired Ray clusters")
     return dg.SkipReason(f"deleted {len(actions)} Ray cluster(s): " + "; ".join(str(a) for a in actions))
+
+
+def _fail_crashed_run(instance: dg.DagsterInstance, action: SweepAction) -> None:
+    """Mark the run of a crashed run worker failed, as Dagster's run monitoring would, so that the
+    UI stops showing it as running (and a retry policy can pick it up)."""
+    run = instance.get_run_by_id(action.cluster.run_id or "")
+    if run is not None and not run.is_finished:
+        instance.report_run_failed(run, f"the run worker is gone (killed or crashed) and never tore down; the "
+                                        f"sweeper deleted its Ray cluster {action.cluster.name}")  # fmt: skip
 
 
 # --- the quests pipeline ----------------------------------------------------------------------

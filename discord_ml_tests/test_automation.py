@@ -20,7 +20,12 @@ NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
 def _info(
-    name: str, *, run_id: str | None = None, age: timedelta = timedelta(minutes=5), managed: bool = True
+    name: str,
+    *,
+    run_id: str | None = None,
+    age: timedelta = timedelta(minutes=5),
+    managed: bool = True,
+    creator_alive: bool | None = None,
 ) -> ClusterInfo:
     labels = {"app.kubernetes.io/managed-by": "discord-ml" if managed else "someone-else"}
     if run_id:
@@ -28,14 +33,16 @@ def _info(
     return ClusterInfo(name=name, namespace="ml", backend="local", owner="o", team="t", purpose="train", gpu_pool="cpu",
                        gpu_type="none", gpus_per_worker=0, workers_ready=1, workers_desired=1,
                        status=ClusterStatus.READY, reason="", created=NOW - age, dashboard_url=None, labels=labels,
-                       ttl_seconds=3600)  # fmt: skip
+                       ttl_seconds=3600, creator_alive=creator_alive)  # fmt: skip
 
 
 def test_plan_sweep_reasons() -> None:
     statuses = {"done": dg.DagsterRunStatus.FAILURE, "live": dg.DagsterRunStatus.STARTED}
     clusters = [
         _info("orphan", run_id="done"),
-        _info("alive", run_id="live"),
+        _info("alive", run_id="live", creator_alive=True),
+        _info("crashed", run_id="live", creator_alive=False),
+        _info("cli-made", creator_alive=False),  # `dml cluster create` returns; its cluster lives on
         _info("vanished", run_id="gone"),
         _info("expired", age=timedelta(hours=2)),
         _info("adhoc"),
@@ -45,6 +52,7 @@ def test_plan_sweep_reasons() -> None:
     assert actions == {
         "orphan": "its Dagster run done is FAILURE",
         "vanished": "its Dagster run gone does not exist",
+        "crashed": "its Dagster run live is STARTED but the process that ran it is gone (the run worker crashed)",
         "expired": "past its TTL: 7200s old, TTL 3600s",
     }
 

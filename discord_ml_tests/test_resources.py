@@ -127,13 +127,7 @@ def test_terminated_run_stops_its_ray_job_and_deletes_the_cluster(tmp_path: Path
                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     try:
-        deadline, run_id = time.monotonic() + 180, None
-        while time.monotonic() < deadline and run_id is None:
-            for run in instance.get_runs():
-                if any(MARKER in r.user_message for r in instance.all_logs(run.run_id)):
-                    run_id = run.run_id
-            time.sleep(0.5)
-        assert run_id is not None, "the Ray job never started"
+        run_id = _wait_for_marker(instance)
         worker.send_signal(signal.SIGTERM)  # what terminating a run does to its run worker
         output, _ = worker.communicate(timeout=120)
         name = cluster_name_for_run("slow_job", run_id)
@@ -146,6 +140,48 @@ def test_terminated_run_stops_its_ray_job_and_deletes_the_cluster(tmp_path: Path
         if worker.poll() is None:
             worker.kill()
         instance.dispose()
+
+
+def test_killed_run_worker_leaves_its_cluster_to_the_sweeper(tmp_path: Path) -> None:
+    from discord_ml.automation import ray_cluster_sweeper
+    from discord_ml.resources import RayClusterResource
+
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    worker = subprocess.Popen([sys.executable, "-c", RUN_SLOW_JOB, str(tmp_path)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    try:
+        run_id = _wait_for_marker(instance)
+        worker.kill()  # SIGKILL: no teardown runs, the run stays STARTED
+        worker.wait(timeout=30)
+        name = cluster_name_for_run("slow_job", run_id)
+        [orphan] = LocalRayProvider().list({"dagster.io/run-id": run_id})
+        assert orphan.creator_alive is False
+        with dg.build_sensor_context(instance=instance, resources={"ray_cluster": RayClusterResource()}) as context:
+            result = ray_cluster_sweeper(context)
+        assert isinstance(result, dg.SkipReason) and name in str(result.skip_message)
+        assert "the run worker crashed" in str(result.skip_message)
+        assert LocalRayProvider().list({"dagster.io/run-id": run_id}) == []
+        # The job's driver runs in a session of its own: it is found by the cluster's directory too.
+        assert _no_processes_left(name) and processes_using(MARKER) == []
+        run = instance.get_run_by_id(run_id)
+        assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        instance.dispose()
+
+
+def _wait_for_marker(instance: dg.DagsterInstance, timeout: float = 180) -> str:
+    """The id of the run whose Ray job printed MARKER (the job is running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run in instance.get_runs():
+            if any(MARKER in r.user_message for r in instance.all_logs(run.run_id)):
+                return run.run_id
+        time.sleep(0.5)
+    raise AssertionError("the Ray job never started")
 
 
 def test_kuberay_run_end_to_end(dagster_instance: dg.DagsterInstance, kuberay_api: KubeEmulator) -> None:

@@ -23,12 +23,13 @@ RunStatusLookup = Callable[[str], str | None]
 class Staleness:
     """Why a cluster should not be running any more."""
 
-    kind: Literal["expired", "orphaned"]
+    kind: Literal["expired", "orphaned", "crashed"]
     reason: str
 
 
 def staleness(cluster: ClusterInfo, run_status: RunStatusLookup, now: datetime) -> Staleness | None:
-    """`expired` past its TTL; `orphaned` when its Dagster run is over or gone; else None."""
+    """`expired` past its TTL; `orphaned` when its Dagster run is over or gone; `crashed` when the run
+    still counts as running but the process that created the cluster for it is gone; else None."""
     if cluster.expired(now):
         age = int((now - cluster.created).total_seconds())
         return Staleness("expired", f"past its TTL: {age}s old, TTL {cluster.ttl_seconds}s")
@@ -39,4 +40,8 @@ def staleness(cluster: ClusterInfo, run_status: RunStatusLookup, now: datetime) 
         return Staleness("orphaned", f"its Dagster run {cluster.run_id} does not exist")
     if status in FINISHED_RUN_STATUSES:
         return Staleness("orphaned", f"its Dagster run {cluster.run_id} is {status}")
+    if cluster.creator_alive is False:
+        # Teardown never ran: the run worker was killed (OOM, SIGKILL, machine sleep) mid-run.
+        return Staleness("crashed", f"its Dagster run {cluster.run_id} is {status} but the process that ran it "
+                         "is gone (the run worker crashed)")  # fmt: skip
     return None

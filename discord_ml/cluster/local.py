@@ -253,7 +253,9 @@ class LocalRayCluster:
         shutdown takes ~30 s per node and buys nothing for a throwaway cluster whose jobs were
         already stopped through the Jobs API.
         """
-        marker = str(self.temp_dir)
+        # Every process of the cluster names its directory, in its command line (the head's temp dir)
+        # or its environment (the token path: workers, and job drivers in sessions of their own).
+        marker = f"{self.dir}/"
         # Only signal groups whose leader is still this cluster's node (pids can be reused).
         groups = [n.pid for n in self.nodes if is_ours(n.pid, self._markers())]
         for pgid in groups:

@@ -6,12 +6,14 @@ connect to and delete them, and tells a live cluster from a dead one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 from discord_ml.cluster.local import LocalClusterError, LocalRayCluster
 from discord_ml.cluster.manifests import cluster_labels
+from discord_ml.cluster.processes import process_start, same_process_alive
 from discord_ml.cluster.provider import (
     ClusterConnection,
     ClusterEvent,
@@ -50,8 +52,9 @@ class LocalRayProvider:
         """
         namespace, name = str(spec.namespace), spec.cluster_name
         cluster = LocalRayCluster(spec)
+        creator = {"pid": os.getpid(), "start": process_start(os.getpid()) or 0}
         record = ClusterRecord(namespace, name, spec.model_dump(mode="json"), cluster.dir, 0, 0, [],
-                               datetime.now(UTC), "starting")  # fmt: skip
+                               datetime.now(UTC), "starting", creator=creator)  # fmt: skip
         if not self.registry.insert(record):
             raise ClusterExistsError(
                 f"cluster {name!r} already exists in namespace {namespace!r}; "
@@ -190,7 +193,14 @@ class LocalRayProvider:
             dashboard_url=cluster.dashboard_url if record.dashboard_port else None,
             labels=cluster_labels(spec, pool),
             ttl_seconds=spec.ttl_seconds,
+            creator_alive=_creator_alive(record),
         )
+
+
+def _creator_alive(record: ClusterRecord) -> bool | None:
+    if "pid" not in record.creator:
+        return None
+    return same_process_alive(record.creator["pid"], record.creator.get("start") or None)
 
 
 def _last_line(path: Path) -> str:

@@ -57,13 +57,26 @@ def _cmdline(pid: int | str) -> str | None:
         return None
 
 
+def _environ(pid: int | str) -> str:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def processes_using(marker: str) -> list[int]:
-    """PIDs whose command line mentions `marker` (a cluster's unique temp dir)."""
+    """PIDs whose command line or environment mentions `marker` (a cluster's unique directory).
+
+    The environment finds what a cluster started in a session of its own, such as Ray job drivers:
+    they inherit the cluster's `RAY_AUTH_TOKEN_PATH` and outlive a killed head otherwise.
+    """
     me = os.getpid()
     return [
         int(entry.name)
         for entry in Path("/proc").iterdir()
-        if entry.name.isdigit() and int(entry.name) != me and marker in (_cmdline(entry.name) or "")
+        if entry.name.isdigit()
+        and int(entry.name) != me
+        and (marker in (_cmdline(entry.name) or "") or marker in _environ(entry.name))
     ]
 
 
@@ -75,6 +88,21 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces
     return fields[0], int(fields[2])
+
+
+def process_start(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot): with the pid, it names one process even after
+    the pid is reused. None when it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def same_process_alive(pid: int, started: int | None) -> bool:
+    """Whether the process that had `pid` and started at `started` still runs."""
+    return pid_alive(pid) and (started is None or process_start(pid) == started)
 
 
 def pid_alive(pid: int) -> bool:

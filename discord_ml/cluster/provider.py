@@ -63,6 +63,9 @@ class ClusterInfo:
     dashboard_url: str | None
     labels: Mapping[str, str] = field(default_factory=dict[str, str])
     ttl_seconds: int | None = None
+    # Whether the process that created the cluster still runs, where the backend can tell (local);
+    # a Dagster run's cluster whose creator is gone belongs to a run worker that crashed.
+    creator_alive: bool | None = None
 
     @property
     def run_id(self) -> str | None:

@@ -10,7 +10,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,12 @@ CREATE TABLE IF NOT EXISTS clusters (
     created TEXT NOT NULL,
     state TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
+    creator TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (namespace, name)
 )
 """
+_COLUMNS = ("namespace", "name", "spec", "dir", "gcs_port", "dashboard_port", "nodes", "created", "state", "reason",
+            "creator")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class ClusterRecord:
     created: datetime
     state: str  # "starting" | "running" | "failed"
     reason: str = ""
+    creator: dict[str, int] = field(default_factory=dict[str, int])  # {"pid", "start"} of the creating process
 
 
 class LocalRegistry:
@@ -56,6 +60,9 @@ class LocalRegistry:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute(_SCHEMA)
+            # Registries written before the creator was recorded get the column (no creator known).
+            if "creator" not in {row["name"] for row in db.execute("PRAGMA table_info(clusters)")}:
+                db.execute("ALTER TABLE clusters ADD COLUMN creator TEXT NOT NULL DEFAULT '{}'")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -68,10 +75,10 @@ class LocalRegistry:
         try:
             with self._connect() as db:
                 db.execute(
-                    "INSERT INTO clusters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO clusters ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
                     (record.namespace, record.name, json.dumps(record.spec), str(record.dir), record.gcs_port,
                      record.dashboard_port, json.dumps(record.nodes), record.created.isoformat(), record.state,
-                     record.reason),
+                     record.reason, json.dumps(record.creator)),
                 )  # fmt: skip
         except sqlite3.IntegrityError:
             return False
@@ -79,7 +86,7 @@ class LocalRegistry:
 
     def update(self, namespace: str, name: str, **fields: Any) -> None:
         """Update some columns of a registered cluster."""
-        encoded = {k: json.dumps(v) if k in ("nodes", "spec") else v for k, v in fields.items()}
+        encoded = {k: json.dumps(v) if k in ("nodes", "spec", "creator") else v for k, v in fields.items()}
         assignments = ", ".join(f"{column} = ?" for column in encoded)
         with self._connect() as db:
             db.execute(
@@ -123,4 +130,5 @@ def _record(row: sqlite3.Row) -> ClusterRecord:
         created=datetime.fromisoformat(row["created"]).astimezone(UTC),
         state=row["state"],
         reason=row["reason"],
+        creator=json.loads(row["creator"] or "{}"),
     )

@@ -62,7 +62,7 @@ class Filters:
 class Badge:
     """An idle/orphan marker on a cluster row."""
 
-    kind: str  # "expired" | "orphaned"
+    kind: str  # "expired" | "orphaned" | "crashed"
     reason: str
 
 
