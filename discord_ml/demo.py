@@ -6,15 +6,21 @@
    then, once the window has features, a retrain run (train → evaluate → promote → score).
 3. Every requested run executes on the project's Dagster instance (`DAGSTER_HOME`), each on its own
    local Ray cluster, so the runs also show in `dagster dev`; the evaluation table is printed.
+
+The terminal gets one line per step (updated in place on a terminal); the full Dagster log goes to
+`--log` (default `$DML_HOME/demo.log`).
 """
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
 import time
-from typing import Any
+import warnings
+from pathlib import Path
+from typing import Any, TextIO
 
 import dagster as dg
 
@@ -43,14 +49,79 @@ def _failures(result: dg.ExecuteInProcessResult) -> list[str]:
     return messages
 
 
+# Lines of a step worth a person's attention, by how they start (everything is in the log file).
+_NEWS = ("creating Ray cluster", "Ray cluster", "submitted Ray job", "train ", "quarantining", "promotion gate",
+         "production model", "deleted Ray cluster", "step needs")  # fmt: skip
+
+
+class _StepProgress(logging.Handler):
+    """One line per step: its latest news (rewritten in place on a terminal), then how it ended."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__(logging.DEBUG)  # step events are logged at DEBUG
+        self.out, self.live = out, out.isatty()
+        self.width = shutil.get_terminal_size().columns - 1
+        self.ended: set[str] = set()  # teardown still logs under the last step; its line is closed
+
+    def emit(self, record: logging.LogRecord) -> None:
+        meta: dict[str, Any] = getattr(record, "dagster_meta", None) or {}
+        event, step = meta.get("dagster_event"), meta.get("step_key")
+        kind = event.event_type_value if event is not None else None
+        message = str(meta.get("orig_message", "")).strip().splitlines()[0] if meta.get("orig_message") else ""
+        if not step:
+            return
+        if kind in ("STEP_SUCCESS", "STEP_FAILURE"):
+            self.ended.add(step)
+            self._line(f"  {step}: {'done' if kind == 'STEP_SUCCESS' else 'FAILED'}", end="\n")
+        elif kind == "STEP_START":
+            self._line(f"  {step}: started", end="" if self.live else "\n")
+        elif kind is None and message.startswith(_NEWS) and self.live and step not in self.ended:
+            self._line(f"  {step}: {message}", end="")
+
+    def _line(self, text: str, end: str) -> None:
+        if self.live:
+            self.out.write("\r\x1b[K" + text[: self.width] + end)
+        else:
+            self.out.write(text + end)
+        self.out.flush()
+
+
+def _loggers(log_file: Path) -> dict[str, dg.LoggerDefinition]:
+    """`progress` for the terminal, `file` for everything the console logger would have printed."""
+
+    def progress(_: dg.InitLoggerContext) -> logging.Logger:
+        logger = logging.Logger("demo-progress", logging.DEBUG)
+        logger.addHandler(_StepProgress(sys.stdout))
+        return logger
+
+    def file(_: dg.InitLoggerContext) -> logging.Logger:
+        logger = logging.Logger("dagster", logging.DEBUG)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+        logger.addHandler(handler)
+        return logger
+
+    return {
+        "progress": dg.LoggerDefinition(progress, description="One line per step on the terminal."),
+        "file": dg.LoggerDefinition(file, description="The whole Dagster log in a file."),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=int, default=4, help="days to land (the training window is 4 days)")
     parser.add_argument("--full", action="store_true", help="benchmark-size world: 250k impressions a day")
+    parser.add_argument("--log", type=Path, default=None, help="the full Dagster log (default $DML_HOME/demo.log)")
     args = parser.parse_args(argv)
+    # Beta/preview notices about Dagster APIs the project chose are for its developers, not the demo's reader.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
     root = get_settings().home / "demo"
+    log_file = args.log or get_settings().home / "demo.log"
     shutil.rmtree(root, ignore_errors=True)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.write_text("")
     os.environ["DML_DATA_ROOT"] = str(root)
     get_settings.cache_clear()
 
@@ -65,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"landed {day['date']}: {day['impressions']} impressions, {day['requests']} requests for the next day")
 
     instance = dg.DagsterInstance.get()
-    print(f"Dagster instance: {instance.root_directory}", flush=True)
-    run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    print(f"Dagster instance: {instance.root_directory}; the full Dagster log goes to {log_file}", flush=True)
+    loggers = _loggers(log_file)
+    run_config: dict[str, Any] = {"loggers": {"progress": {}, "file": {}}}
     cursor: str | None = None
     outcomes: dict[str, dg.ExecuteInProcessResult] = {}
     while True:
@@ -81,14 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         for request in tick.run_requests or []:
             assert isinstance(request, dg.RunRequest) and request.job_name
             print(f"\nsensor → {request.job_name} ({request.run_key})", flush=True)
-            result = defs.resolve_job_def(request.job_name).execute_in_process(
+            job = defs.resolve_job_def(request.job_name).with_logger_defs(loggers)
+            result = job.execute_in_process(
                 instance=instance, partition_key=request.partition_key, run_config=run_config,
                 tags=request.tags, raise_on_error=False,
             )  # fmt: skip
             outcomes[request.run_key or request.job_name] = result
             print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}", flush=True)
             for message in _failures(result):
-                print(f"  failed: {message}", file=sys.stderr)
+                print(f"  failed: {message} (the whole log: {log_file})", file=sys.stderr)
     return _report(outcomes, time.monotonic() - started)
 
 

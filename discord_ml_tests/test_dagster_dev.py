@@ -33,13 +33,19 @@ def _graphql(port: int) -> dict[str, object]:
         return json.loads(response.read())
 
 
-def test_dagster_dev_loads_the_code_location(tmp_path: Path) -> None:
-    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+@pytest.mark.parametrize("home", ["project", "unset"])
+def test_dagster_dev_loads_the_code_location(tmp_path: Path, home: str) -> None:
+    """With the project's DAGSTER_HOME, and from a plain shell (DAGSTER_HOME unset: dagster dev keeps
+    its state in a temp dir it removes on exit)."""
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    if home == "project":
+        (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+        env["DAGSTER_HOME"] = str(tmp_path)
     [port] = free_ports(1)
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-p", str(port)],
         cwd=REPO,
-        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # dagster dev spawns a webserver, a daemon and code servers
@@ -61,5 +67,9 @@ def test_dagster_dev_loads_the_code_location(tmp_path: Path) -> None:
         jobs = {job["name"] for repo in location["repositories"] for job in repo["jobs"]}
         assert "platform_check" in jobs
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: dagster dev stops its processes and its temp dir
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
