@@ -173,6 +173,34 @@ def test_killed_run_worker_leaves_its_cluster_to_the_sweeper(tmp_path: Path) -> 
         instance.dispose()
 
 
+def test_killed_head_fails_the_step_clearly_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    worker = subprocess.Popen([sys.executable, "-c", RUN_SLOW_JOB, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    try:
+        run_id = _wait_for_marker(instance)
+        name = cluster_name_for_run("slow_job", run_id)
+        record = LocalRayProvider().registry.get("ml", name)
+        assert record is not None
+        [head] = [n for n in record.nodes if n["role"] == "head"]
+        os.killpg(int(head["pid"]), signal.SIGKILL)  # the head's node: GCS, raylet, dashboard, the job's supervisor
+        output, _ = worker.communicate(timeout=180)
+        assert "FAILURE" in output, output
+        errors = "\n".join(
+            r.dagster_event.event_specific_data.error.to_string()  # type: ignore[union-attr]
+            for r in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        )
+        assert f"Ray cluster {name} was lost while job" in errors and "the head process is gone" in errors, errors
+        assert LocalRayProvider().list({"dagster.io/run-id": run_id}) == []
+        assert _no_processes_left(name) and processes_using(MARKER) == []
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        instance.dispose()
+
+
 def _wait_for_marker(instance: dg.DagsterInstance, timeout: float = 180) -> str:
     """The id of the run whose Ray job printed MARKER (the job is running)."""
     deadline = time.monotonic() + timeout
