@@ -49,9 +49,6 @@ DAYS = 3
 SMOKE = {"tasks": 6, "draws": 2_000_000}  # a job of ~15 s on one worker: long enough to hit mid-run
 TRAIN = {"epochs": 3, "workers": 2, "data_window": 3, "batch_size": 1024}
 RUN_TIMEOUT_S = 600
-# Processes of a Ray cluster or a run, by their command line.
-RAY_PROCESS = ("raylet", "gcs_server", "ray::", "default_worker.py", "dashboard/dashboard.py", "dashboard/agent.py",
-               "log_monitor.py", "runtime_env/agent", "ray start", "discord_ml.ml.", "bench.chaos_worker")  # fmt: skip
 
 
 @dataclass
@@ -85,7 +82,7 @@ class Drill:
         from discord_ml.lake import Lake
 
         self.lake = Lake(os.environ["DML_DATA_ROOT"])
-        self.baseline = set(_ray_processes())
+        self.baseline = set(self.processes())
         self.days: list[str] = []
 
     # --- runs ---------------------------------------------------------------------------------
@@ -175,12 +172,19 @@ class Drill:
             f"kuberay/{n}" for n in self.emulator.ray_clusters()
         ]
 
+    def processes(self) -> dict[int, str]:
+        """The drill's processes: run workers, and every Ray process of its clusters (all carry the
+        drill's DAGSTER_HOME/DML_HOME in their environment, job drivers in sessions of their own too)."""
+        from discord_ml.cluster.processes import processes_using
+
+        return {pid: _cmdline(str(pid)) for pid in processes_using(str(self.work))}
+
     def leftovers(self, settle_s: float = 15.0) -> list[str]:
-        """Ray or run processes that were not there before the drill (a process on its way out
-        within `settle_s` is not left over)."""
+        """The drill's processes still running after a run ended (a process on its way out within
+        `settle_s` is not left over)."""
         deadline = time.monotonic() + settle_s
         while True:
-            left = {pid: cmd for pid, cmd in _ray_processes().items() if pid not in self.baseline}
+            left = {pid: cmd for pid, cmd in self.processes().items() if pid not in self.baseline}
             if not left or time.monotonic() > deadline:
                 return [f"{pid} {cmd[:120]}" for pid, cmd in left.items()]
             time.sleep(0.5)
@@ -208,7 +212,7 @@ def fault_job_exit(drill: Drill, trial: Trial) -> tuple[str, dict[str, Any]]:
     run = drill.run_of(trial.log_tag, proc)
     trial.run_id = run.run_id
     if drill.wait_for(run.run_id, proc, _driver_running):
-        _kill(_pids_with("discord_ml.ml.smoke"))
+        _kill(_pids_with(drill, "discord_ml.ml.smoke"))
     drill.finish(proc)
     trial.as_expected = "ended FAILED" in drill.failure_text(run.run_id)
     return "platform_check", options
@@ -224,7 +228,7 @@ def fault_worker_kill(drill: Drill, trial: Trial) -> tuple[str, dict[str, Any]]:
     killed: list[int] = []
     if drill.wait_for(run.run_id, proc, lambda m: m.startswith("train epoch")):
         time.sleep(3)  # Ray Train's controller registers the epoch's checkpoint on its next poll (2 s)
-        killed = _pids_with("ray::RayTrainWorker")[:1]
+        killed = _pids_with(drill, "ray::RayTrainWorker")[:1]
         _kill(killed)
     drill.finish(proc)
     messages = " ".join(r.user_message for r in drill.instance.all_logs(run.run_id))
@@ -245,7 +249,7 @@ def fault_run_terminated(drill: Drill, trial: Trial) -> tuple[str, dict[str, Any
         drill.instance.report_run_canceling(current, message="chaos drill: terminate")
         proc.send_signal(signal.SIGTERM)
     drill.finish(proc)
-    trial.as_expected = drill.status(run.run_id) == "CANCELED" and not _pids_with("discord_ml.ml.smoke")
+    trial.as_expected = drill.status(run.run_id) == "CANCELED" and not _pids_with(drill, "discord_ml.ml.smoke")
     return "platform_check", options
 
 
@@ -380,19 +384,8 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
-def _ray_processes() -> dict[int, str]:
-    me = os.getpid()
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != me:
-            cmd = _cmdline(entry.name)
-            if any(marker in cmd for marker in RAY_PROCESS):
-                found[int(entry.name)] = cmd
-    return found
-
-
-def _pids_with(marker: str) -> list[int]:
-    return [pid for pid, cmd in _ray_processes().items() if marker in cmd]
+def _pids_with(drill: Drill, marker: str) -> list[int]:
+    return [pid for pid, cmd in drill.processes().items() if marker in cmd]
 
 
 def _kill(pids: list[int]) -> None:
@@ -416,7 +409,7 @@ def _cleanup(drill: Drill) -> None:
     for cluster in provider.list():
         provider.delete(cluster.name, namespace=cluster.namespace)
     drill.emulator.stop_all()
-    _kill([pid for pid in _ray_processes() if pid not in drill.baseline])
+    _kill([pid for pid in drill.processes() if pid not in drill.baseline])
 
 
 @contextlib.contextmanager

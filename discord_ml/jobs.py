@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
+import contextlib
 import logging
-import queue
 import re
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -23,7 +23,8 @@ TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 LOG_POLL_S = 0.1  # how often the head re-reads the driver's log for new lines
 STATUS_INTERVAL_S = 0.5
 STATUS_TIMEOUT_S = 10.0
-# The head has not answered for this long: the cluster is gone (a busy head answers in far less).
+# The head has refused connections for this long: the cluster is gone. A head that answers too
+# slowly (a busy machine) gets three times as long.
 LOST_AFTER_S = 20.0
 # Ray colours the `(RayTrainWorker pid=…)` prefixes of worker output: escape codes mean nothing in an
 # event log, a file or a web page.
@@ -181,66 +182,59 @@ class _LogFollower:
         self._pending = ""
 
     def run(self, emit: Callable[[str], None]) -> None:
-        chunks: queue.Queue[tuple[int, bytes | None]] = queue.Queue()
-        generation, reader = 0, None
-        unreachable_since: float | None = None
-        next_status = 0.0
-        while True:
-            now = time.monotonic()
-            if now >= next_status:
-                next_status = now + STATUS_INTERVAL_S
-                try:
-                    info = _job_info(self.base, self.headers, self.job_id)
-                    status, self.node_id = str(info.get("status")), str(info.get("driver_node_id") or "")
-                    unreachable_since = None
-                except (httpx.HTTPError, ValueError) as exc:
-                    unreachable_since = unreachable_since or now
-                    if now - unreachable_since > LOST_AFTER_S:
-                        raise _UnreachableError(str(exc)) from exc
-                    status = "UNKNOWN"
-                if status in TERMINAL_STATES:
-                    break
-                if self.node_id and (reader is None or not reader.is_alive()):
-                    generation += 1  # a new stream starts at byte 0: skip what was already emitted
-                    reader = threading.Thread(target=self._read_stream, args=(generation, self.received, chunks),
-                                              daemon=True, name=f"ray-log-{self.job_id}")  # fmt: skip
-                    reader.start()
+        asyncio.run(self._follow(emit))
+
+    async def _follow(self, emit: Callable[[str], None]) -> None:
+        timeout = httpx.Timeout(STATUS_TIMEOUT_S, read=None)  # the stream may stay quiet for hours
+        async with httpx.AsyncClient(headers=self.headers, timeout=timeout) as client:
+            stream: asyncio.Task[None] | None = None
+            unreachable_since: float | None = None
             try:
-                source, data = chunks.get(timeout=STATUS_INTERVAL_S / 2)
-            except queue.Empty:
-                continue
-            if source == generation and data:
-                self._feed(data, emit)
-        self._feed(self._rest(), emit)
+                while True:
+                    now = time.monotonic()
+                    try:
+                        info = await _get_json(client, f"{self.base}/api/jobs/{self.job_id}")
+                        status, self.node_id = str(info.get("status")), str(info.get("driver_node_id") or "")
+                        unreachable_since = None
+                    except (httpx.HTTPError, ValueError) as exc:
+                        unreachable_since = unreachable_since or now
+                        patience = LOST_AFTER_S if isinstance(exc, httpx.ConnectError) else 3 * LOST_AFTER_S
+                        if now - unreachable_since > patience:
+                            raise _UnreachableError(str(exc)) from exc
+                        status = "UNKNOWN"
+                    if status in TERMINAL_STATES:
+                        break
+                    if self.node_id and (stream is None or stream.done()):
+                        stream = asyncio.create_task(self._stream(client, emit))  # (re)started: skips what we have
+                    await asyncio.sleep(STATUS_INTERVAL_S)
+            finally:
+                if stream is not None:
+                    stream.cancel()  # the stream never ends by itself: the head keeps polling the file
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await stream
+            if self.node_id:
+                response = await client.get(self._url("file"))
+                if response.status_code == 200:
+                    self._feed(response.content[self.received :], emit)
         if self._pending:
             emit(self._pending)
 
-    def _read_stream(self, generation: int, skip: int, chunks: queue.Queue[tuple[int, bytes | None]]) -> None:
+    async def _stream(self, client: httpx.AsyncClient, emit: Callable[[str], None]) -> None:
+        skip = self.received  # a stream starts at byte 0
         try:
-            timeout = httpx.Timeout(STATUS_TIMEOUT_S, read=None)
-            url = f"{self._url('stream')}&interval={LOG_POLL_S}"
-            with httpx.stream("GET", url, headers=self.headers, timeout=timeout) as response:
+            async with client.stream("GET", f"{self._url('stream')}&interval={LOG_POLL_S}") as response:
                 if response.status_code != 200:
                     return  # the driver's log does not exist yet; the next status poll retries
-                for raw in response.iter_raw():
+                async for raw in response.aiter_raw():
                     data, skip = raw[skip:], max(0, skip - len(raw))
-                    chunks.put((generation, data))
+                    if data:
+                        self._feed(data, emit)
         except httpx.HTTPError:
             pass  # the head went away or restarted: the status poll decides which
-        finally:
-            chunks.put((generation, None))
 
     def _url(self, media: str) -> str:
         query = urlencode({"submission_id": self.job_id, "node_id": self.node_id, "lines": -1})
         return f"{self.base}/api/v0/logs/{media}?{query}"
-
-    def _rest(self) -> bytes:
-        if not self.node_id:  # the job ended before its driver ran: there is no log
-            return b""
-        response = httpx.get(self._url("file"), headers=self.headers, timeout=STATUS_TIMEOUT_S)
-        if response.status_code != 200:
-            return b""
-        return response.content[self.received :]
 
     def _feed(self, data: bytes, emit: Callable[[str], None]) -> None:
         self.received += len(data)
@@ -248,3 +242,9 @@ class _LogFollower:
         *complete, self._pending = self._pending.split("\n")
         for line in complete:
             emit(line)
+
+
+async def _get_json(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    response = await client.get(url)
+    response.raise_for_status()
+    return dict(response.json())
