@@ -99,10 +99,11 @@ class Drill:
     def run_of(self, tag: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> dg.DagsterRun:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            exited = proc.poll() is not None  # before the lookup: a run created just before exiting is found
             runs = self.instance.get_runs(filters=dg.RunsFilter(tags={"chaos/trial": tag}), limit=1)
             if runs:
                 return runs[0]
-            if proc.poll() is not None:
+            if exited:
                 break
             time.sleep(0.3)
         raise RuntimeError(f"run {tag} never started (worker exit {proc.poll()})")
@@ -202,100 +203,94 @@ def _smoke_options(**resource: Any) -> dict[str, Any]:
                            "resources": {"ray_cluster": {"config": {"workers": 1, **resource}}}}}  # fmt: skip
 
 
-def _driver_running(message: str) -> bool:
-    return message.startswith("connected to Ray")
+def _start(drill: Drill, trial: Trial, job: str, options: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """Launch the trial's run; its id and log file go on the trial."""
+    trial.log_tag = str(trial.index)
+    proc, log = drill.launch(job, trial.log_tag, **json.loads(json.dumps(options)))
+    trial.log = str(log)
+    trial.run_id = drill.run_of(trial.log_tag, proc).run_id
+    return proc
+
+
+def _smoke_running(drill: Drill, trial: Trial) -> tuple[subprocess.Popen[bytes], bool]:
+    """A `platform_check` run, once its Ray job's driver runs (False: the run ended first)."""
+    proc = _start(drill, trial, "platform_check", _smoke_options())
+    return proc, drill.wait_for(trial.run_id, proc, lambda m: m.startswith("connected to Ray"))
 
 
 def fault_job_exit(drill: Drill, trial: Trial) -> tuple[str, dict[str, Any]]:
-    options = _smoke_options()
-    proc, trial.log = _launch(drill, trial, "platform_check", options)
-    run = drill.run_of(trial.log_tag, proc)
-    trial.run_id = run.run_id
-    if drill.wait_for(run.run_id, proc, _driver_running):
+    proc, running = _smoke_running(drill, trial)
+    if running:
         _kill(_pids_with(drill, "discord_ml.ml.smoke"))
     drill.finish(proc)
-    trial.as_expected = "ended FAILED" in drill.failure_text(run.run_id)
-    return "platform_check", options
+    trial.as_expected = "ended FAILED" in drill.failure_text(trial.run_id)
+    return "platform_check", _smoke_options()
 
 
 def fault_worker_kill(drill: Drill, trial: Trial) -> tuple[str, dict[str, Any]]:
-    day = drill.days[-1]
-    options = {"assets": ["ranking_model"], "tags": {"dagster/partition": day},
+    options = {"assets": ["ranking_model"], "tags": {"dagster/partition": drill.days[-1]},
                "run_config": {"ops": {"ranking_model": {"config": TRAIN}}}}  # fmt: skip
-    proc, trial.log = _launch(drill, trial, "quests_retrain", options)
-    run = drill.run_of(trial.log_tag, proc)
-    trial.run_id = run.run_id
+    proc = _start(drill, trial, "quests_retrain", options)
     killed: list[int] = []
-    if drill.wait_for(run.run_id, proc, lambda m: m.startswith("train epoch")):
+    if drill.wait_for(trial.run_id, proc, lambda m: m.startswith("train epoch")):
         time.sleep(3)  # Ray Train's controller registers the epoch's checkpoint on its next poll (2 s)
         killed = _pids_with(drill, "ray::RayTrainWorker")[:1]
         _kill(killed)
     drill.finish(proc)
-    messages = " ".join(r.user_message for r in drill.instance.all_logs(run.run_id))
+    messages = " ".join(r.user_message for r in drill.instance.all_logs(trial.run_id))
     trial.detail = f"killed {killed}"
-    trial.as_expected = bool(killed) and drill.status(run.run_id) == "SUCCESS" and "train resumed" in messages
+    trial.as_expected = bool(killed) and drill.status(trial.run_id) == "SUCCESS" and "train resumed" in messages
     return "quests_retrain", options
 
 
 def fault_run_terminated(drill: Drill, trial: Trial) -> tuple[str, dict[str, Any]]:
-    options = _smoke_options()
-    proc, trial.log = _launch(drill, trial, "platform_check", options)
-    run = drill.run_of(trial.log_tag, proc)
-    trial.run_id = run.run_id
-    if drill.wait_for(run.run_id, proc, _driver_running):
+    proc, running = _smoke_running(drill, trial)
+    if running:
         # What Dagster's terminate does with a run worker it cannot reach by gRPC: mark, then signal.
-        current = drill.instance.get_run_by_id(run.run_id)
+        current = drill.instance.get_run_by_id(trial.run_id)
         assert current is not None
         drill.instance.report_run_canceling(current, message="chaos drill: terminate")
         proc.send_signal(signal.SIGTERM)
     drill.finish(proc)
-    trial.as_expected = drill.status(run.run_id) == "CANCELED" and not _pids_with(drill, "discord_ml.ml.smoke")
-    return "platform_check", options
+    stopped = not _pids_with(drill, "discord_ml.ml.smoke")
+    trial.as_expected = drill.status(trial.run_id) == "CANCELED" and stopped
+    return "platform_check", _smoke_options()
 
 
 def fault_run_killed(drill: Drill, trial: Trial) -> tuple[str, dict[str, Any]]:
-    options = _smoke_options()
-    proc, trial.log = _launch(drill, trial, "platform_check", options)
-    run = drill.run_of(trial.log_tag, proc)
-    trial.run_id = run.run_id
-    if drill.wait_for(run.run_id, proc, _driver_running):
+    proc, running = _smoke_running(drill, trial)
+    if running:
         proc.kill()
     drill.finish(proc)
     left_behind = len(drill.clusters())  # nothing tore down: the cluster is still there...
     said = drill.sweep()  # ...until the sweeper's tick
     trial.detail = "; ".join(said)
     trial.as_expected = left_behind == 1 and "the run worker crashed" in said[0]
-    return "platform_check", options
+    return "platform_check", _smoke_options()
 
 
 def fault_head_killed(drill: Drill, trial: Trial) -> tuple[str, dict[str, Any]]:
     from discord_ml.cluster.local_provider import LocalRayProvider
 
-    options = _smoke_options()
-    proc, trial.log = _launch(drill, trial, "platform_check", options)
-    run = drill.run_of(trial.log_tag, proc)
-    trial.run_id = run.run_id
-    if drill.wait_for(run.run_id, proc, _driver_running):
+    proc, running = _smoke_running(drill, trial)
+    if running:
         [cluster] = LocalRayProvider().registry.all()
         head = next(n for n in cluster.nodes if n["role"] == "head")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(int(head["pid"]), signal.SIGKILL)
     drill.finish(proc)
-    trial.as_expected = "was lost while job" in drill.failure_text(run.run_id)
-    return "platform_check", options
+    trial.as_expected = "was lost while job" in drill.failure_text(trial.run_id)
+    return "platform_check", _smoke_options()
 
 
 def fault_never_ready(drill: Drill, trial: Trial) -> tuple[str, dict[str, Any]]:
     drill.emulator.default_mode = "pending"
     try:
-        options = _smoke_options(backend="kuberay", ready_timeout_s=5)
-        proc, trial.log = _launch(drill, trial, "platform_check", options)
-        run = drill.run_of(trial.log_tag, proc)
-        trial.run_id = run.run_id
+        proc = _start(drill, trial, "platform_check", _smoke_options(backend="kuberay", ready_timeout_s=5))
         drill.finish(proc)
     finally:
         drill.emulator.default_mode = "run"
-    trial.as_expected = "not ready after 5s" in drill.failure_text(run.run_id)
+    trial.as_expected = "not ready after 5s" in drill.failure_text(trial.run_id)
     return "platform_check", _smoke_options(backend="kuberay")  # the retry: the cluster schedules now
 
 
@@ -309,18 +304,14 @@ def fault_corrupt_files(drill: Drill, trial: Trial) -> tuple[str, dict[str, Any]
     # Truncated (a copy cut short) or not Parquet at all, in turn.
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2] if trial.index % 2 else b"not parquet\n" * 100)
     trial.before = drill.landing_hashes()
-    options = {"tags": {"dagster/partition": day}}
     try:
-        proc, trial.log = _launch(drill, trial, "quests_prep", options)
-        run = drill.run_of(trial.log_tag, proc)
-        trial.run_id = run.run_id
-        drill.finish(proc)
+        drill.finish(_start(drill, trial, "quests_prep", {"tags": {"dagster/partition": day}}))
         trial.files_lost = _changed(trial.before, drill.landing_hashes())
     finally:
         bad.unlink(missing_ok=True)  # the upstream re-lands the day; later trials see it whole
-    messages = " ".join(r.user_message for r in drill.instance.all_logs(run.run_id))
+    messages = " ".join(r.user_message for r in drill.instance.all_logs(trial.run_id))
     quarantined = "quarantining file" in messages and bad.name in messages
-    trial.as_expected = drill.status(run.run_id) == "SUCCESS" and quarantined
+    trial.as_expected = drill.status(trial.run_id) == "SUCCESS" and quarantined
     return "", {}
 
 
@@ -369,12 +360,6 @@ def run_trial(drill: Drill, index: int, kind: str) -> Trial:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def _launch(drill: Drill, trial: Trial, job: str, options: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
-    trial.log_tag = str(trial.index)
-    proc, log = drill.launch(job, trial.log_tag, **json.loads(json.dumps(options)))
-    return proc, str(log)
 
 
 def _cmdline(pid: str) -> str:

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -120,14 +122,35 @@ print("RUN_ID", result.run_id, "SUCCESS" if result.success else "FAILURE", flush
 """
 
 
-def test_terminated_run_stops_its_ray_job_and_deletes_the_cluster(tmp_path: Path) -> None:
+@contextmanager
+def _slow_run(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dg.DagsterInstance, str]]:
+    """A run worker process running `slow_job` on its own instance, once its Ray job runs:
+    (the process, the instance, the run id)."""
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     worker = subprocess.Popen([sys.executable, "-c", RUN_SLOW_JOB, str(tmp_path)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     try:
-        run_id = _wait_for_marker(instance)
+        deadline, run_id = time.monotonic() + 180, None
+        while run_id is None and time.monotonic() < deadline:
+            for run in instance.get_runs():
+                if any(MARKER in r.user_message for r in instance.all_logs(run.run_id)):
+                    run_id = run.run_id
+            time.sleep(0.5)
+        assert run_id is not None, "the Ray job never started"
+        yield worker, instance, run_id
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        assert worker.stdout is not None
+        worker.stdout.close()
+        instance.dispose()
+
+
+def test_terminated_run_stops_its_ray_job_and_deletes_the_cluster(tmp_path: Path) -> None:
+    with _slow_run(tmp_path) as (worker, instance, run_id):
         worker.send_signal(signal.SIGTERM)  # what terminating a run does to its run worker
         output, _ = worker.communicate(timeout=120)
         name = cluster_name_for_run("slow_job", run_id)
@@ -136,23 +159,13 @@ def test_terminated_run_stops_its_ray_job_and_deletes_the_cluster(tmp_path: Path
         assert processes_using(MARKER) == [], "the Ray job's driver is still running"
         messages = [r.user_message for r in instance.all_logs(run_id)]
         assert any(f"deleted Ray cluster {name}" in m for m in messages)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        instance.dispose()
 
 
 def test_killed_run_worker_leaves_its_cluster_to_the_sweeper(tmp_path: Path) -> None:
     from discord_ml.automation import ray_cluster_sweeper
     from discord_ml.resources import RayClusterResource
 
-    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
-    worker = subprocess.Popen([sys.executable, "-c", RUN_SLOW_JOB, str(tmp_path)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    instance = dg.DagsterInstance.from_config(str(tmp_path))
-    try:
-        run_id = _wait_for_marker(instance)
+    with _slow_run(tmp_path) as (worker, instance, run_id):
         worker.kill()  # SIGKILL: no teardown runs, the run stays STARTED
         worker.wait(timeout=30)
         name = cluster_name_for_run("slow_job", run_id)
@@ -167,20 +180,10 @@ def test_killed_run_worker_leaves_its_cluster_to_the_sweeper(tmp_path: Path) -> 
         assert _no_processes_left(name) and processes_using(MARKER) == []
         run = instance.get_run_by_id(run_id)
         assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        instance.dispose()
 
 
 def test_killed_head_fails_the_step_clearly_and_leaves_nothing(tmp_path: Path) -> None:
-    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
-    worker = subprocess.Popen([sys.executable, "-c", RUN_SLOW_JOB, str(tmp_path)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    instance = dg.DagsterInstance.from_config(str(tmp_path))
-    try:
-        run_id = _wait_for_marker(instance)
+    with _slow_run(tmp_path) as (worker, instance, run_id):
         name = cluster_name_for_run("slow_job", run_id)
         record = LocalRayProvider().registry.get("ml", name)
         assert record is not None
@@ -195,21 +198,6 @@ def test_killed_head_fails_the_step_clearly_and_leaves_nothing(tmp_path: Path) -
         assert f"Ray cluster {name} was lost while job" in errors and "the head process is gone" in errors, errors
         assert LocalRayProvider().list({"dagster.io/run-id": run_id}) == []
         assert _no_processes_left(name) and processes_using(MARKER) == []
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        instance.dispose()
-
-
-def _wait_for_marker(instance: dg.DagsterInstance, timeout: float = 180) -> str:
-    """The id of the run whose Ray job printed MARKER (the job is running)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for run in instance.get_runs():
-            if any(MARKER in r.user_message for r in instance.all_logs(run.run_id)):
-                return run.run_id
-        time.sleep(0.5)
-    raise AssertionError("the Ray job never started")
 
 
 def test_kuberay_run_end_to_end(dagster_instance: dg.DagsterInstance, kuberay_api: KubeEmulator) -> None:
