@@ -48,13 +48,17 @@ class RayJobFailedError(RuntimeError):
 class RayClusterLostError(RayJobFailedError):
     """The cluster stopped answering while a job ran (its head was killed, evicted or lost its node)."""
 
-    def __init__(self, job_id: str, cause: BaseException, tail: list[str]) -> None:
-        super().__init__(job_id, "LOST", f"the Ray cluster stopped answering for {LOST_AFTER_S:.0f}s "
+    def __init__(self, job_id: str, seconds: float, cause: BaseException, tail: list[str]) -> None:
+        super().__init__(job_id, "LOST", f"the Ray cluster stopped answering for {seconds:.0f}s "
                          f"({type(cause).__name__}: {cause}); its head is gone or unreachable", tail)  # fmt: skip
 
 
 class _UnreachableError(Exception):
-    """Raised by the follower when the head has not answered for `LOST_AFTER_S`."""
+    """Raised by the follower when the head has not answered for its patience (`seconds`)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no answer for {seconds:.0f}s")
+        self.seconds = seconds
 
 
 @dataclass
@@ -123,15 +127,16 @@ def submit_and_follow(
         on_line(line)
 
     try:
-        _LogFollower(dashboard_url, dict(headers or {}), job_id).run(emit)
+        follower = _LogFollower(dashboard_url, dict(headers or {}), job_id)
+        follower.run(emit)
     except _UnreachableError as exc:  # nothing left to stop the job on
-        raise RayClusterLostError(job_id, exc.__cause__ or exc, list(tail)) from None
+        raise RayClusterLostError(job_id, exc.seconds, exc.__cause__ or exc, list(tail)) from None
     except BaseException:
         # Interrupted (the Dagster run was terminated, Ctrl-C) or the cluster was lost: never leave
         # the job running on the cluster.
         _stop_quietly(client, job_id)
         raise
-    info = _job_info(dashboard_url, dict(headers or {}), job_id)
+    info = follower.info  # its last status poll found the job ended
     outcome = JobOutcome(
         job_id=job_id,
         status=str(info.get("status")),
@@ -158,13 +163,6 @@ def _stop_quietly(client: Any, job_id: str) -> None:
         logging.getLogger(__name__).warning("could not stop Ray job %s", job_id, exc_info=True)
 
 
-def _job_info(dashboard_url: str, headers: dict[str, str], job_id: str) -> dict[str, Any]:
-    """The Jobs API's record of a job (status, message, driver_exit_code)."""
-    response = httpx.get(f"{dashboard_url}/api/jobs/{job_id}", headers=headers, timeout=STATUS_TIMEOUT_S)
-    response.raise_for_status()
-    return dict(response.json())
-
-
 class _LogFollower:
     """Follows a job's driver log through the State API's log stream until the job ends.
 
@@ -177,6 +175,7 @@ class _LogFollower:
     def __init__(self, dashboard_url: str, headers: dict[str, str], job_id: str) -> None:
         self.base, self.headers, self.job_id = dashboard_url, headers, job_id
         self.node_id = ""  # the driver's node, known once the job runs (the State API asks for it)
+        self.info: dict[str, Any] = {}  # the Jobs API's last record of the job (status, message, exit code)
         self.received = 0  # bytes of the log handed to `emit` so far
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending = ""
@@ -193,14 +192,15 @@ class _LogFollower:
                 while True:
                     now = time.monotonic()
                     try:
-                        info = await _get_json(client, f"{self.base}/api/jobs/{self.job_id}")
-                        status, self.node_id = str(info.get("status")), str(info.get("driver_node_id") or "")
+                        self.info = await _get_json(client, f"{self.base}/api/jobs/{self.job_id}")
+                        status = str(self.info.get("status"))
+                        self.node_id = str(self.info.get("driver_node_id") or "")
                         unreachable_since = None
                     except (httpx.HTTPError, ValueError) as exc:
                         unreachable_since = unreachable_since or now
                         patience = LOST_AFTER_S if isinstance(exc, httpx.ConnectError) else 3 * LOST_AFTER_S
                         if now - unreachable_since > patience:
-                            raise _UnreachableError(str(exc)) from exc
+                            raise _UnreachableError(patience) from exc
                         status = "UNKNOWN"
                     if status in TERMINAL_STATES:
                         break
