@@ -85,32 +85,43 @@ def _write(lake: Lake, path: str, table: pa.Table) -> None:
 class ScoreParts:
     """One actor of the pool: loads the model once, then scores, ranks and writes parts."""
 
-    def __init__(self, root: str, ref: str, device: str, staging: str, k: int) -> None:
+    def __init__(self, root: str, ref: str, device: str, staging: str, k: int, warm: Part | None = None) -> None:
         import psutil
         import torch
 
         torch.set_num_threads(1)  # one actor per core
         self.lake, self.staging, self.k = Lake(root), staging, k
         self.scorer = Scorer(self.lake, ModelRegistry(self.lake).get(ref), device=device)
-        # From the process's birth: imports, Ray's worker set-up and the model load.
+        if warm is not None:
+            # The first pass through validation, features and the model is several times slower than
+            # later ones (lazy kernel, compute-function and allocator set-up): pay it at start-up.
+            self._rank(self._read(warm))
+        # From the process's birth: imports, Ray's worker set-up, the model load and the warm-up.
         self.startup_s = time.time() - psutil.Process().create_time()
 
+    def _read(self, part: Part) -> pa.Table:
+        with self.lake.filesystem.open_input_file(part.file) as handle:
+            rows = pq.ParquetFile(handle).read_row_group(part.row_group, use_threads=False)  # one core per actor
+        return rows.slice(part.start, part.stop - part.start)
+
+    def _rank(self, rows: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
+        """(valid rows, top k of the requests inside the part, scored rows of the requests at its edges)."""
+        valid, _ = split_valid(rows, with_label=False)
+        scores = self.scorer.score(self.scorer.featurize(valid))
+        scored = valid.select(OUTPUT_COLUMNS[:-1]).append_column("score", pa.array(scores, pa.float32()))
+        # A cut may split the first and the last request of a part: the driver ranks those.
+        ids = scored["request_id"].to_numpy()
+        edge = np.isin(ids, ids[[0, -1]]) if len(ids) else np.zeros(0, bool)
+        return valid, top_k(scored.filter(pa.array(~edge)), self.k), scored.filter(pa.array(edge))
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        out: dict[str, list[Any]] = {"startup_s": [], "rows": [], "valid": [], "seconds": [], "requests": [],
-                                     "interior": [], "edges": []}  # fmt: skip
+        out: dict[str, list[Any]] = {"startup_s": [], "rows": [], "valid": [], "seconds": [], "cpu_seconds": [],
+                                     "requests": [], "interior": [], "edges": []}  # fmt: skip
         for file, group, start, stop in zip(batch["file"], batch["row_group"], batch["start"], batch["stop"],
                                             strict=True):  # fmt: skip
-            began = time.perf_counter()
-            with self.lake.filesystem.open_input_file(str(file)) as handle:
-                rows = pq.ParquetFile(handle).read_row_group(int(group), use_threads=False)  # one core per actor
-                rows = rows.slice(int(start), int(stop) - int(start))
-            valid, _ = split_valid(rows, with_label=False)
-            scores = self.scorer.score(self.scorer.featurize(valid))
-            scored = valid.select(OUTPUT_COLUMNS[:-1]).append_column("score", pa.array(scores, pa.float32()))
-            # A cut may split the first and the last request of a part: the driver ranks those.
-            ids = scored["request_id"].to_numpy()
-            edge = np.isin(ids, ids[[0, -1]]) if len(ids) else np.zeros(0, bool)
-            interior = top_k(scored.filter(pa.array(~edge)), self.k)
+            began, cpu_began = time.perf_counter(), time.thread_time()
+            rows = self._read(Part(str(file), int(group), int(start), int(stop)))
+            valid, interior, edges = self._rank(rows)
             if interior.num_rows:
                 _write(self.lake, f"{self.staging}/part-{os.getpid()}-{group}-{start}.parquet", interior)
             out["requests"].append(np.unique(rows["request_id"].to_numpy(zero_copy_only=False)).tobytes())
@@ -118,9 +129,10 @@ class ScoreParts:
             out["rows"].append(rows.num_rows)
             out["valid"].append(valid.num_rows)
             out["seconds"].append(time.perf_counter() - began)
+            out["cpu_seconds"].append(time.thread_time() - cpu_began)  # wall minus CPU: time lost to other processes
             out["interior"].append(np.unique(interior["request_id"].to_numpy()).tobytes())
             sink = io.BytesIO()
-            pq.write_table(scored.filter(pa.array(edge)), sink)
+            pq.write_table(edges, sink)
             out["edges"].append(sink.getvalue())
         return {key: np.array(values, dtype=object) for key, values in out.items()}
 
@@ -161,7 +173,7 @@ def recommend(lake: Lake, day_text: str, version: ModelVersion, *, k: int, actor
         items = ray.data.from_items([vars(p) for p in parts], override_num_blocks=len(parts))
         scored = items.map_batches(
             ScoreParts,
-            fn_constructor_args=(lake.root, version.ref, "cuda" if gpus else "cpu", staging, k),
+            fn_constructor_args=(lake.root, version.ref, "cuda" if gpus else "cpu", staging, k, parts[0]),
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=1 if gpus else 0,
@@ -175,6 +187,7 @@ def recommend(lake: Lake, day_text: str, version: ModelVersion, *, k: int, actor
     rows = sum(r["rows"] for r in reports)
     valid = sum(r["valid"] for r in reports)
     busy = sum(r["seconds"] for r in reports)
+    cpu = sum(r["cpu_seconds"] for r in reports)
     startup = max(r["startup_s"] for r in reports)
     covered = interior_requests + (len(np.unique(edge_best["request_id"].to_numpy())) if edge_best.num_rows else 0)
     requests = len(np.unique(np.concatenate([np.frombuffer(r["requests"], dtype=np.int64) for r in reports])))
@@ -194,6 +207,7 @@ def recommend(lake: Lake, day_text: str, version: ModelVersion, *, k: int, actor
         "actors": actors,
         "actor_startup_s": round(startup, 2),
         "rows_per_s_per_actor": round(valid / max(busy, 1e-9), 1),
+        "rows_per_cpu_s_per_actor": round(valid / max(cpu, 1e-9), 1),
         "rows_per_s": round(valid / seconds, 1),
         "seconds": round(seconds, 2),
         "device": "gpu" if gpus else "cpu",
