@@ -129,7 +129,8 @@ class ScoreParts:
             out["rows"].append(rows.num_rows)
             out["valid"].append(valid.num_rows)
             out["seconds"].append(time.perf_counter() - began)
-            out["cpu_seconds"].append(time.thread_time() - cpu_began)  # wall minus CPU: time lost to other processes
+            # The rest of the wall time is waiting: for a core (shared with Ray's daemons) or for I/O.
+            out["cpu_seconds"].append(time.thread_time() - cpu_began)
             out["interior"].append(np.unique(interior["request_id"].to_numpy()).tobytes())
             sink = io.BytesIO()
             pq.write_table(edges, sink)
