@@ -11,11 +11,9 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
+from discord_ml.cluster.attach import ray_address
 from discord_ml.cluster.provider import ClusterConnection
-
-RAY_CLIENT_PORT = 10001
 
 
 @dataclass(frozen=True)
@@ -36,7 +34,7 @@ def jupyter_launch(connection: ClusterConnection, cluster: str, *, host: str, po
     (`ray://<head-svc>:10001`), which works where the head service resolves.
     """
     token = connection.headers["Authorization"].removeprefix("Bearer ")
-    address = connection.address or f"ray://{urlparse(connection.dashboard_url).hostname}:{RAY_CLIENT_PORT}"
+    address = ray_address(connection)
     env = {k: v for k, v in (os.environ if base_env is None else base_env).items() if not k.startswith("RAY_AUTH_")}
     env.update({"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
                 "RAY_DASHBOARD_URL": connection.dashboard_url, "DML_CLUSTER_NAME": cluster})  # fmt: skip

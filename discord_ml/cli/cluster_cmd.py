@@ -202,6 +202,42 @@ def _get(name: str, namespace: str | None, backend: str | None) -> Any:
 
 
 @app.command()
+def env(
+    name: Annotated[str, typer.Argument(help="Cluster name.")],
+    shell: Annotated[str, typer.Option("--shell", help="bash (also zsh), fish or json.")] = "bash",
+    force: Annotated[bool, typer.Option("--force", help="Print another owner's cluster's token path too.")] = False,
+    namespace: Namespace = None,
+    backend: Backend = None,
+) -> None:
+    """Print what standard Ray tools need to reach a ready cluster.
+
+    Examples:
+      eval "$(dml cluster env ranking)"
+      ray job submit -- python train.py     # also: ray job logs, ray list nodes, ray.init()
+      dml cluster env ranking --shell fish | source
+    """
+    from discord_ml.cluster.attach import SHELLS, ray_env, render, token_file
+    from discord_ml.cluster.provider import ClusterError
+    from discord_ml.settings import get_settings
+
+    if shell not in SHELLS:
+        fail(f"--shell {shell!r} is not supported; use one of: {', '.join(SHELLS)}")
+    info = _get(name, namespace, backend)
+    me = current_owner()
+    if info.owner != me and not force:
+        fail(f"cluster {name!r} is owned by {info.owner!r}, not {me!r}: its token is its owner's; "
+             "pass --force to print it anyway (the rule of `dml cluster delete`)")  # fmt: skip
+    try:
+        connection = provider(backend).connect(name, namespace=info.namespace)
+    except ClusterError as exc:
+        fail(f"{exc}; wait until it is ready (dml cluster get {name})")
+    token = token_file(connection, home=get_settings().home, namespace=info.namespace, name=name)
+    typer.echo(render(ray_env(connection, token), shell))
+    if info.backend == "kuberay":
+        typer.echo("note: these addresses resolve inside the Kubernetes cluster only", err=True)
+
+
+@app.command()
 def delete(
     name: Annotated[str, typer.Argument(help="Cluster name.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,

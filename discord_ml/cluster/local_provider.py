@@ -122,7 +122,7 @@ class LocalRayProvider:
         if info.dashboard_url is None or info.status != ClusterStatus.READY:
             raise ClusterNotReadyError(f"cluster {name!r} is {info.status}: {info.reason}")
         cluster = self._handle(record)
-        return ClusterConnection(info.dashboard_url, cluster.auth_headers(), cluster.address)
+        return ClusterConnection(info.dashboard_url, cluster.auth_headers(), cluster.address, str(cluster.token_file))
 
     def events(self, name: str, *, namespace: str | None = None, limit: int = 20) -> list[ClusterEvent]:
         """Creation, then each node's process: running, or exited with the last line of its log."""

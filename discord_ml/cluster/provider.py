@@ -84,6 +84,7 @@ class ClusterConnection:
     dashboard_url: str
     headers: Mapping[str, str]
     address: str | None = None  # GCS address, where the backend exposes one (local)
+    token_path: str | None = None  # the token as an owner-only file, where the backend keeps one (local)
 
 
 @dataclass(frozen=True)

@@ -220,3 +220,69 @@ def test_notebook_runs_jupyterlab_attached_to_the_cluster() -> None:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)
         provider.delete("cli-nb")
+
+
+@pytest.mark.slow
+def test_cluster_env_is_all_the_ray_cli_and_ray_init_need(tmp_path: Path) -> None:
+    provider = LocalRayProvider()
+    provider.create(ClusterSpec.build(name="cli-env", owner="alice", workers=0, head_memory="1Gi"))
+    # A user's shell: no Ray settings of its own, nothing from the platform but what `env` prints.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DML_OWNER"))}
+    bin_dir = Path(sys.executable).parent
+    clean["PATH"] = f"{bin_dir}{os.pathsep}{clean['PATH']}"
+    try:
+        provider.wait_ready("cli-env", timeout=180)
+        printed = subprocess.run([*DML, "cluster", "env", "cli-env"], capture_output=True, text=True, timeout=60,
+                                 check=True, env={**clean, "DML_OWNER": "alice"}).stdout  # fmt: skip
+        connection = provider.connect("cli-env")
+        token = connection.headers["Authorization"].removeprefix("Bearer ")
+        assert token not in printed  # only the path to it
+        env = dict(line.removeprefix("export ").split("=", 1) for line in printed.splitlines())
+        assert env["RAY_ADDRESS"] == connection.address
+        assert env["RAY_API_SERVER_ADDRESS"] == connection.dashboard_url
+        token_file = Path(env["RAY_AUTH_TOKEN_PATH"])
+        assert token_file.read_text().strip() == token
+        assert token_file.stat().st_mode & 0o777 == 0o600
+
+        script = tmp_path / "hello.py"
+        script.write_text("import ray\nray.init()\nprint('nodes', len(ray.nodes()))\n")
+        session = f"""set -e
+eval "$(dml cluster env cli-env)"
+ray job submit --working-dir {tmp_path} -- python hello.py
+ray job list
+ray list nodes
+python -c "
+import ray
+from ray.job_submission import JobSubmissionClient
+print('jobs seen from python', len(JobSubmissionClient().list_jobs()))
+ray.init()
+print('init reached', ray.get_runtime_context().gcs_address)
+"
+"""
+        run = subprocess.run(["bash", "-c", session], capture_output=True, text=True, timeout=300, check=False,
+                             env={**clean, "DML_OWNER": "alice"})  # fmt: skip
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert "nodes 1" in run.stdout  # the job ran ray.init() on the cluster (a head only)
+        assert "succeeded" in run.stdout.lower()
+        assert "ALIVE" in run.stdout  # `ray list nodes`: the State API answered
+        assert "jobs seen from python 1" in run.stdout
+        [reached] = [line for line in run.stdout.splitlines() if line.startswith("init reached ")]
+        assert reached.endswith(f":{env['RAY_ADDRESS'].rsplit(':', 1)[1]}")  # this cluster's GCS (by its node IP)
+        job_id = next(word.strip("'") for line in run.stdout.splitlines() for word in line.split()
+                      if word.strip("'").startswith("raysubmit_"))  # fmt: skip
+        logs = subprocess.run(["bash", "-c", f'eval "$(dml cluster env cli-env)" && ray job logs {job_id}'],
+                              capture_output=True, text=True, timeout=120, check=True,
+                              env={**clean, "DML_OWNER": "alice"})  # fmt: skip
+        assert "nodes 1" in logs.stdout
+
+        # Another user is refused (exit 2, saying why and what to do); --force is the admin's way.
+        refused = subprocess.run([*DML, "cluster", "env", "cli-env"], capture_output=True, text=True, timeout=60,
+                                 check=False, env={**clean, "DML_OWNER": "bob"})  # fmt: skip
+        assert refused.returncode == 2
+        assert refused.stdout == ""
+        assert "owned by 'alice', not 'bob'" in refused.stderr and "--force" in refused.stderr
+        forced = subprocess.run([*DML, "cluster", "env", "cli-env", "--force", "--shell", "json"], capture_output=True,
+                                text=True, timeout=60, check=True, env={**clean, "DML_OWNER": "bob"})  # fmt: skip
+        assert json.loads(forced.stdout)["RAY_AUTH_TOKEN_PATH"] == str(token_file)
+    finally:
+        provider.delete("cli-env")
