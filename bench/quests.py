@@ -2,7 +2,7 @@
 
     python -m bench.quests [--quick] [--json]
 
-The full run uses 2M impressions (8 days of 250k) and adds DCN-v2; `--quick` (about 6 minutes on 2
+The full run uses 2M impressions (8 days of 250k) and adds DCN-v2; `--quick` (about 5 minutes on 2
 cores) uses 750k, too few for the quality to mean much at this batch size. The batch is 8,192 rows
 per worker (see bench/train_step.py). It prints:
 - the quality table on the held-out day: DLRM (and DCN-v2) trained by Ray Train + TorchRec on 2
@@ -157,7 +157,7 @@ FULL = {"days": 8, "impressions_per_day": 250_000, "requests_per_day": 50_000, "
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="750k impressions, DLRM only (about 6 minutes)")
+    parser.add_argument("--quick", action="store_true", help="750k impressions, DLRM only (about 5 minutes)")
     parser.add_argument("--json", action="store_true", help="end with one JSON object of the results")
     parser.add_argument("--days", type=int, help="days landed; the last is held out")
     parser.add_argument("--impressions-per-day", type=int)
