@@ -145,8 +145,7 @@ def main() -> None:
                 provider.delete(f"bench-{i}")
         name = f"bench-{args.repeats - 1}"
         connection = provider.connect(name)
-        token = connection.headers["Authorization"].removeprefix("Bearer ")
-        bare_jobs = [bare_job(connection.dashboard_url, token) for _ in range(args.repeats)]
+        bare_jobs = [bare_job(connection.dashboard_url, connection.token) for _ in range(args.repeats)]
         our_jobs = [platform_job(connection.dashboard_url, dict(connection.headers)) for _ in range(args.repeats)]
         provider.delete(name)
     latencies = log_latency(args.lines)

@@ -33,10 +33,9 @@ def jupyter_launch(connection: ClusterConnection, cluster: str, *, host: str, po
     On the local backend kernels reach the cluster's GCS directly; on kuberay they use Ray Client
     (`ray://<head-svc>:10001`), which works where the head service resolves.
     """
-    token = connection.headers["Authorization"].removeprefix("Bearer ")
     address = ray_address(connection)
     env = {k: v for k, v in (os.environ if base_env is None else base_env).items() if not k.startswith("RAY_AUTH_")}
-    env.update({"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+    env.update({"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": connection.token,
                 "RAY_DASHBOARD_URL": connection.dashboard_url, "DML_CLUSTER_NAME": cluster})  # fmt: skip
     argv = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={host}", f"--port={port}",
             "--port-retries=0", f"--IdentityProvider.token={lab_token}",

@@ -201,6 +201,13 @@ def _get(name: str, namespace: str | None, backend: str | None) -> Any:
         fail(str(exc))
 
 
+def _require_owner(info: Any, force: bool, action: str) -> None:
+    """Exit 2 unless the current user owns the cluster or passed --force (an admin's override)."""
+    me = current_owner()
+    if info.owner != me and not force:
+        fail(f"cluster {info.name!r} is owned by {info.owner!r}, not {me!r}; pass --force to {action} anyway")
+
+
 @app.command()
 def env(
     name: Annotated[str, typer.Argument(help="Cluster name.")],
@@ -223,10 +230,7 @@ def env(
     if shell not in SHELLS:
         fail(f"--shell {shell!r} is not supported; use one of: {', '.join(SHELLS)}")
     info = _get(name, namespace, backend)
-    me = current_owner()
-    if info.owner != me and not force:
-        fail(f"cluster {name!r} is owned by {info.owner!r}, not {me!r}: its token is its owner's; "
-             "pass --force to print it anyway (the rule of `dml cluster delete`)")  # fmt: skip
+    _require_owner(info, force, "print its token path")  # the token is its owner's
     try:
         connection = provider(backend).connect(name, namespace=info.namespace)
     except ClusterError as exc:
@@ -247,9 +251,7 @@ def delete(
 ) -> None:
     """Delete a cluster and everything it started (asks on a terminal; another owner's needs --force)."""
     info = _get(name, namespace, backend)
-    me = current_owner()
-    if info.owner != me and not force:
-        fail(f"cluster {name!r} is owned by {info.owner!r}, not {me!r}; pass --force to delete it anyway")
+    _require_owner(info, force, "delete it")
     if not yes and sys.stdin.isatty() and not typer.confirm(f"delete cluster {name} ({info.namespace})?"):
         raise typer.Exit(1)
     provider(backend).delete(name, namespace=info.namespace)

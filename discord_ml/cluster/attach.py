@@ -37,7 +37,7 @@ def token_file(connection: ClusterConnection, *, home: Path, namespace: str, nam
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
     with os.fdopen(descriptor, "w") as f:
-        f.write(connection.headers["Authorization"].removeprefix("Bearer "))
+        f.write(connection.token)
     os.replace(partial, path)
     return path
 

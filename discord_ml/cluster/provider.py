@@ -86,6 +86,11 @@ class ClusterConnection:
     address: str | None = None  # GCS address, where the backend exposes one (local)
     token_path: str | None = None  # the token as an owner-only file, where the backend keeps one (local)
 
+    @property
+    def token(self) -> str:
+        """The cluster's auth token (the bearer of `headers`)."""
+        return self.headers["Authorization"].removeprefix("Bearer ")
+
 
 @dataclass(frozen=True)
 class ClusterEvent:
