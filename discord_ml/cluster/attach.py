@@ -36,9 +36,13 @@ def token_file(connection: ClusterConnection, *, home: Path, namespace: str, nam
     path = directory / f"{namespace}.{name}"
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
-    with os.fdopen(descriptor, "w") as f:
-        f.write(connection.token)
-    os.replace(partial, path)
+    try:
+        with os.fdopen(descriptor, "w") as f:
+            f.write(connection.token)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # no half-written token left behind
+        raise
     return path
 
 
