@@ -4,7 +4,9 @@ pools files load through the platform's catalog and yield valid clusters, Helm v
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,9 +94,20 @@ def test_code_location_role_grants_exactly_these_verbs() -> None:
         ("", "events"): {"get", "list", "watch"},
         ("", "pods/log"): {"get"},
     }
-    [binding] = [o for _, o in _objects() if o["kind"] == "RoleBinding" and o["roleRef"]["kind"] == "Role"]
+    [binding] = [
+        o for _, o in _objects() if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == "discord-ml-ray-manager"
+    ]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "discord-ml-code-location",
                                     "namespace": "ml-platform"}]  # fmt: skip
+
+
+def test_engineers_role_adds_only_port_forward_to_the_code_locations() -> None:
+    manager, user = _rules("Role", "discord-ml-ray-manager"), _rules("Role", "discord-ml-ray-user")
+    assert user == {**manager, ("", "pods/portforward"): {"get", "create"}}
+    [binding] = [
+        o for _, o in _objects() if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == "discord-ml-ray-user"
+    ]
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "team-ml"}]
 
 
 def test_xray_reads_everywhere_and_acts_only_where_a_team_namespace_binds_it() -> None:
@@ -152,6 +165,8 @@ def _grants_used(requests: list[tuple[str, str]]) -> tuple[set[Grant], list[str]
         group = "" if path.startswith("/api/") else match["group"]
         resource = match["resource"] + (f"/{match['sub']}" if match["sub"] else "")
         used.add((group, resource, "list" if method == "GET" and not match["name"] else _VERBS[method]))
+        if resource == "pods/portforward":  # a websocket upgrade: authorized as `create` too since 1.31
+            used.add((group, resource, "create"))
     return used, cluster_wide
 
 
@@ -172,6 +187,26 @@ def test_role_covers_every_call_the_provider_makes(kuberay_api: KubeEmulator) ->
     assert {("ray.io", "rayclusters", "create"), ("", "secrets", "create")} <= used
     missing = sorted(u for u in used if u[2] not in granted.get((u[0], u[1]), set()))
     assert missing == [], f"the provider needs grants the Role lacks: {missing}"
+
+
+def test_engineers_role_covers_every_call_from_a_laptop(kuberay_api: KubeEmulator) -> None:
+    provider = KubeRayProvider(dashboard_access="port-forward")
+    provider.create(ClusterSpec.build(name="laptop-probe", owner="pytest", workers=1, head_memory="1Gi"))
+    try:
+        provider.wait_ready("laptop-probe", timeout=120)
+        connection = provider.connect("laptop-probe")
+        request = urllib.request.Request(f"{connection.dashboard_url}/api/version", headers=dict(connection.headers))
+        with urllib.request.urlopen(request, timeout=60) as response:  # through pods/portforward
+            assert json.load(response)["ray_version"]
+        provider.list(namespace="ml")
+    finally:
+        provider.delete("laptop-probe")
+    used, cluster_wide = _grants_used(kuberay_api.requests)
+    assert cluster_wide == []
+    assert {("", "pods/portforward", "get"), ("", "pods/portforward", "create")} <= used
+    granted = _rules("Role", "discord-ml-ray-user")
+    missing = sorted(u for u in used if u[2] not in granted.get((u[0], u[1]), set()))
+    assert missing == [], f"the CLI on a laptop needs grants the engineers' Role lacks: {missing}"
 
 
 def test_xray_grants_cover_every_call_its_provider_makes(kuberay_api: KubeEmulator) -> None:

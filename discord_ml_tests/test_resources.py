@@ -200,7 +200,10 @@ def test_killed_head_fails_the_step_clearly_and_leaves_nothing(tmp_path: Path) -
         assert _no_processes_left(name) and processes_using(MARKER) == []
 
 
-def test_kuberay_run_end_to_end(dagster_instance: dg.DagsterInstance, kuberay_api: KubeEmulator) -> None:
+def test_kuberay_run_end_to_end_from_a_laptop(
+    dagster_instance: dg.DagsterInstance, kuberay_api: KubeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DML_KUBERAY_DASHBOARD", "port-forward")  # Jobs API and log stream over pods/portforward
     config = {
         "ops": {"ray_cluster_check": {"config": {"tasks": 4}}},
         "resources": {"ray_cluster": {"config": {"backend": "kuberay", "workers": 1}}},
@@ -217,8 +220,13 @@ def test_kuberay_run_end_to_end(dagster_instance: dg.DagsterInstance, kuberay_ap
     assert created == [("POST", "/apis/ray.io/v1/namespaces/ml/rayclusters")]
     messages = [r.user_message for r in dagster_instance.all_logs(result.run_id)]
     assert [m.split(" ")[1] for m in messages if m.startswith("task ")] == [f"{i}/4" for i in range(1, 5)]
+    assert [r for r in kuberay_api.requests if r[1].endswith("/portforward")]
     assert kuberay_api.ray_clusters() == []
     assert processes_using(str(cluster_dir_prefix(name))) == []
+    deadline = time.monotonic() + 10
+    while kuberay_api.forwards_open and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert kuberay_api.forwards_open == 0  # the forwards closed with the cluster
 
 
 def test_kuberay_cluster_that_never_gets_ready_fails_the_run_and_is_deleted(

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from discord_ml.cli import attach_cmd
 from discord_ml.cli.common import (
     Backend,
     Namespace,
@@ -17,10 +18,12 @@ from discord_ml.cli.common import (
     check_output,
     current_owner,
     fail,
+    get_cluster,
     info_dict,
     print_json,
     print_table,
     provider,
+    require_owner,
 )
 from discord_ml.cluster.duration import parse_duration
 from discord_ml.cluster.spec import ClusterSpec, Purpose, SpecError
@@ -182,7 +185,7 @@ def get(
 ) -> None:
     """Show one cluster."""
     check_output(output)
-    info = _get(name, namespace, backend)
+    info = get_cluster(name, namespace, backend)
     data = info_dict(info)
     if output == "json":
         print_json(data)
@@ -190,55 +193,6 @@ def get(
     print_table(
         name, ["field", "value"], [[k, json.dumps(v) if isinstance(v, dict) else str(v)] for k, v in data.items()]
     )
-
-
-def _get(name: str, namespace: str | None, backend: str | None) -> Any:
-    from discord_ml.cluster.provider import ClusterNotFoundError
-
-    try:
-        return provider(backend).get(name, namespace=namespace)
-    except ClusterNotFoundError as exc:
-        fail(str(exc))
-
-
-def _require_owner(info: Any, force: bool, action: str) -> None:
-    """Exit 2 unless the current user owns the cluster or passed --force (an admin's override)."""
-    me = current_owner()
-    if info.owner != me and not force:
-        fail(f"cluster {info.name!r} is owned by {info.owner!r}, not {me!r}; pass --force to {action} anyway")
-
-
-@app.command()
-def env(
-    name: Annotated[str, typer.Argument(help="Cluster name.")],
-    shell: Annotated[str, typer.Option("--shell", help="bash (also zsh), fish or json.")] = "bash",
-    force: Annotated[bool, typer.Option("--force", help="Print another owner's cluster's token path too.")] = False,
-    namespace: Namespace = None,
-    backend: Backend = None,
-) -> None:
-    """Print what standard Ray tools need to reach a ready cluster.
-
-    Examples:
-      eval "$(dml cluster env ranking)"
-      ray job submit -- python train.py     # also: ray job logs, ray list nodes, ray.init()
-      dml cluster env ranking --shell fish | source
-    """
-    from discord_ml.cluster.attach import SHELLS, ray_env, render, token_file
-    from discord_ml.cluster.provider import ClusterError
-    from discord_ml.settings import get_settings
-
-    if shell not in SHELLS:
-        fail(f"--shell {shell!r} is not supported; use one of: {', '.join(SHELLS)}")
-    info = _get(name, namespace, backend)
-    _require_owner(info, force, "print its token path")  # the token is its owner's
-    try:
-        connection = provider(backend).connect(name, namespace=info.namespace)
-    except ClusterError as exc:
-        fail(f"{exc}; wait until it is ready (dml cluster get {name})")
-    token = token_file(connection, home=get_settings().home, namespace=info.namespace, name=name)
-    typer.echo(render(ray_env(connection, token), shell))
-    if info.backend == "kuberay":
-        typer.echo("note: these addresses resolve inside the Kubernetes cluster only", err=True)
 
 
 @app.command()
@@ -250,9 +204,13 @@ def delete(
     backend: Backend = None,
 ) -> None:
     """Delete a cluster and everything it started (asks on a terminal; another owner's needs --force)."""
-    info = _get(name, namespace, backend)
-    _require_owner(info, force, "delete it")
+    info = get_cluster(name, namespace, backend)
+    require_owner(info, force, "delete it")
     if not yes and sys.stdin.isatty() and not typer.confirm(f"delete cluster {name} ({info.namespace})?"):
         raise typer.Exit(1)
     provider(backend).delete(name, namespace=info.namespace)
     typer.echo(f"deleted cluster {name}")
+
+
+app.command()(attach_cmd.env)
+app.command()(attach_cmd.session)

@@ -49,6 +49,23 @@ def provider(backend: str | None) -> ClusterProvider:
         fail(str(exc))
 
 
+def get_cluster(name: str, namespace: str | None, backend: str | None) -> ClusterInfo:
+    """One cluster, or exit 2 saying it does not exist."""
+    from discord_ml.cluster.provider import ClusterNotFoundError
+
+    try:
+        return provider(backend).get(name, namespace=namespace)
+    except ClusterNotFoundError as exc:
+        fail(str(exc))
+
+
+def require_owner(info: ClusterInfo, force: bool, action: str) -> None:
+    """Exit 2 unless the current user owns the cluster or passed --force (an admin's override)."""
+    me = current_owner()
+    if info.owner != me and not force:
+        fail(f"cluster {info.name!r} is owned by {info.owner!r}, not {me!r}; pass --force to {action} anyway")
+
+
 def age(created: datetime) -> str:
     """`3m`, `2h`, `5d` since `created`."""
     seconds = int((datetime.now(UTC) - created).total_seconds())

@@ -9,6 +9,8 @@ command line or in shell history. Ray's Jobs and State clients take their URL fr
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import shlex
@@ -34,16 +36,48 @@ def token_file(connection: ClusterConnection, *, home: Path, namespace: str, nam
     directory = home / "tokens"
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / f"{namespace}.{name}"
+    _atomic_private_write(path, connection.token)
+    return path
+
+
+def _atomic_private_write(path: Path, text: str) -> None:
+    """Write `text` to `path` with mode 0600, all or nothing."""
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
     try:
         with os.fdopen(descriptor, "w") as f:
-            f.write(connection.token)
+            f.write(text)
         os.replace(partial, path)
     except BaseException:
-        partial.unlink(missing_ok=True)  # no half-written token left behind
+        partial.unlink(missing_ok=True)  # nothing half-written left behind
         raise
+
+
+def session_path(*, home: Path, namespace: str, name: str) -> Path:
+    """Where a running `dml cluster session` records its forwarded addresses."""
+    return home / "sessions" / f"{namespace}.{name}.json"
+
+
+def record_session(connection: ClusterConnection, *, home: Path, namespace: str, name: str) -> Path:
+    """Record this process's forwarded addresses so `dml cluster env` in another terminal prints them."""
+    path = session_path(home=home, namespace=namespace, name=name)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    record = {"pid": os.getpid(), "dashboard_url": connection.dashboard_url, "address": connection.address}
+    _atomic_private_write(path, json.dumps(record))
     return path
+
+
+def via_session(connection: ClusterConnection, *, home: Path, namespace: str, name: str) -> ClusterConnection | None:
+    """`connection` through the forwarded addresses of a live session, if one runs for the cluster."""
+    path = session_path(home=home, namespace=namespace, name=name)
+    try:
+        record = json.loads(path.read_text())
+        os.kill(int(record["pid"]), 0)  # the session's process still runs
+    except (OSError, ValueError, KeyError):
+        with contextlib.suppress(OSError):
+            path.unlink()  # a session that ended without cleaning up (killed)
+        return None
+    return dataclasses.replace(connection, dashboard_url=record["dashboard_url"], address=record["address"])
 
 
 def ray_env(connection: ClusterConnection, token: Path) -> dict[str, str]:

@@ -26,10 +26,11 @@ def get_provider(backend: str | None = None) -> ClusterProvider:
 
         return LocalRayProvider()
     if name == "kuberay":
-        from discord_ml.cluster.kuberay import KubeRayProvider
+        from discord_ml.cluster.kuberay import DASHBOARD_ACCESS, KubeRayProvider
 
         access = os.environ.get("DML_KUBERAY_DASHBOARD", "dns")
-        if access not in ("dns", "service-ip"):
-            raise ValueError(f"DML_KUBERAY_DASHBOARD {access!r} is not known; use 'dns' or 'service-ip'")
-        return KubeRayProvider(dashboard_access=access)  # type: ignore[arg-type]
+        for known in DASHBOARD_ACCESS:
+            if access == known:
+                return KubeRayProvider(dashboard_access=known)
+        raise ValueError(f"DML_KUBERAY_DASHBOARD {access!r} is not known; use one of: {', '.join(DASHBOARD_ACCESS)}")
     raise ValueError(f"backend {name!r} is not known; use one of: {', '.join(BACKENDS)} (DML_BACKEND)")

@@ -9,17 +9,20 @@ on teardown. Transient API errors (429, 5xx, connection refused) are retried wit
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import dataclasses
 import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from discord_ml.cluster.attach import RAY_CLIENT_PORT
 from discord_ml.cluster.manifests import (
     DASHBOARD_PORT,
     LABEL_PREFIX,
@@ -29,6 +32,7 @@ from discord_ml.cluster.manifests import (
     build_network_policy,
     build_ray_cluster,
 )
+from discord_ml.cluster.portforward import OpenStream, PortForward
 from discord_ml.cluster.provider import (
     ClusterConnection,
     ClusterError,
@@ -46,7 +50,8 @@ from discord_ml.settings import get_settings
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayclusters"
 TRANSIENT = frozenset({429, 500, 502, 503, 504})
-DashboardAccess = Literal["dns", "service-ip"]
+DashboardAccess = Literal["dns", "service-ip", "port-forward"]
+DASHBOARD_ACCESS: tuple[DashboardAccess, ...] = ("dns", "service-ip", "port-forward")
 
 
 class KubeRayProvider:
@@ -64,8 +69,9 @@ class KubeRayProvider:
     ) -> None:
         """Args:
         kubeconfig: kubeconfig file; default: in-cluster config when running in a pod, else $KUBECONFIG/~/.kube/config.
-        dashboard_access: `dns` (`<cluster>-head-svc.<ns>.svc.cluster.local`, from inside the cluster) or
-            `service-ip` (the head service's ClusterIP).
+        dashboard_access: `dns` (`<cluster>-head-svc.<ns>.svc.cluster.local`, from inside the cluster),
+            `service-ip` (the head service's ClusterIP) or `port-forward` (the head pod's dashboard and
+            Ray Client ports carried to 127.0.0.1 through the API's `pods/portforward`, from a laptop).
         retries: attempts for transient API errors.
         backoff_s: first retry delay (doubles each time).
         """
@@ -83,6 +89,9 @@ class KubeRayProvider:
         self.networking: Any = kubernetes.client.NetworkingV1Api()
         self.dashboard_access = dashboard_access
         self.retries, self.backoff_s = retries, backoff_s
+        self._forwards: dict[tuple[str, str, int], PortForward] = {}
+        self._forwards_lock = threading.Lock()
+        self._closes_at_exit = False
 
     # --- the interface ------------------------------------------------------------------------
 
@@ -165,21 +174,54 @@ class KubeRayProvider:
         for call, args in calls:
             with contextlib.suppress(ClusterNotFoundError):
                 self._call(call, *args)
+        self._close_forwards(namespace, name)
 
     def connect(self, name: str, *, namespace: str | None = None) -> ClusterConnection:
-        """Dashboard URL (from the head service) and the token from the cluster's Secret."""
+        """Dashboard URL (from the head service, or a local port-forward) and the token from the cluster's Secret."""
         namespace = namespace or get_settings().default_namespace
+        obj = self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+        secret_name = obj["spec"].get("authOptions", {}).get("secretName") or name
+        secret = self._call(self.core.read_namespaced_secret, secret_name, namespace)
+        headers = {"Authorization": f"Bearer {base64.b64decode((secret.data or {})['auth_token']).decode()}"}
+        if self.dashboard_access == "port-forward":
+            # Kept open for this process's life (or until the cluster is deleted through this provider).
+            dashboard = self.forward(name, namespace=namespace, remote_port=DASHBOARD_PORT)
+            client = self.forward(name, namespace=namespace, remote_port=RAY_CLIENT_PORT)
+            return ClusterConnection(f"http://{dashboard.address}", headers, address=f"ray://{client.address}")
         service = self._call(self.core.read_namespaced_service, f"{name}-head-svc", namespace)
         port = next((p.port for p in service.spec.ports or [] if p.name == "dashboard"), DASHBOARD_PORT)
         if self.dashboard_access == "service-ip":
             host = service.spec.cluster_ip
         else:
             host = f"{name}-head-svc.{namespace}.svc.cluster.local"
-        obj = self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
-        secret_name = obj["spec"].get("authOptions", {}).get("secretName") or name
-        secret = self._call(self.core.read_namespaced_secret, secret_name, namespace)
-        token = base64.b64decode((secret.data or {})["auth_token"]).decode()
-        return ClusterConnection(f"http://{host}:{port}", {"Authorization": f"Bearer {token}"})
+        return ClusterConnection(f"http://{host}:{port}", headers)
+
+    def forward(self, name: str, *, namespace: str | None = None, remote_port: int, local_port: int = 0) -> PortForward:
+        """A local port carried to the head pod's `remote_port`; one per cluster and port, reused while open.
+
+        Raises:
+            ForwardError: `local_port` is taken.
+        """
+        namespace = namespace or get_settings().default_namespace
+        key = (namespace, name, remote_port)
+        with self._forwards_lock:
+            running = self._forwards.get(key)
+            if running is not None and running.open and local_port in (0, running.local_port):
+                return running
+            forward = PortForward(self._head_stream(namespace, name), remote_port, local_port=local_port,
+                                  what=f"port {remote_port} of {namespace}/{name}")  # fmt: skip
+            self._forwards[key] = forward
+            if not self._closes_at_exit:
+                atexit.register(self.close)
+                self._closes_at_exit = True
+        return forward
+
+    def close(self) -> None:
+        """Close every port-forward this provider opened."""
+        with self._forwards_lock:
+            forwards, self._forwards = list(self._forwards.values()), {}
+        for forward in forwards:
+            forward.close()
 
     def events(self, name: str, *, namespace: str | None = None, limit: int = 20) -> list[ClusterEvent]:
         """Kubernetes events of the RayCluster and of its pods and services (named `<cluster>-...`)."""
@@ -218,6 +260,31 @@ class KubeRayProvider:
                     continue
                 raise ClusterError(f"Kubernetes API unreachable after {attempt} attempts: {exc}") from exc
         raise AssertionError("unreachable")
+
+    def _close_forwards(self, namespace: str, name: str) -> None:
+        with self._forwards_lock:
+            keys = [k for k in self._forwards if k[:2] == (namespace, name)]
+            forwards = [self._forwards.pop(k) for k in keys]
+        for forward in forwards:
+            forward.close()
+
+    def _head_stream(self, namespace: str, name: str) -> OpenStream:
+        """Opens one `pods/portforward` stream to the cluster's running head pod."""
+        from kubernetes.stream import portforward
+
+        def open_stream(port: int) -> tuple[Any, Callable[[], None]]:
+            pods = self._call(self.core.list_namespaced_pod, namespace,
+                              label_selector=f"ray.io/cluster={name},ray.io/node-type=head")  # fmt: skip
+            running = [p.metadata.name for p in pods.items if p.status.phase == "Running"]
+            if not running:
+                raise ClusterError(f"RayCluster {name!r} in {namespace!r} has no running head pod to forward to")
+            # `portforward` swaps its client's request method while it connects: a client of its own
+            # keeps the provider's other calls (other threads) off the websocket.
+            api = self._k8s.client.CoreV1Api(self._k8s.client.ApiClient())
+            stream = portforward(api.connect_get_namespaced_pod_portforward, running[0], namespace, ports=str(port))
+            return stream.socket(port), stream.close
+
+        return open_stream
 
     def _explained(self, info: ClusterInfo) -> ClusterInfo:
         """A pending cluster with why its pods are pending (their scheduling events), not just the condition."""

@@ -149,6 +149,11 @@ class LocalRayCluster:
         return f"http://{LOCALHOST}:{self.dashboard_port}"
 
     @property
+    def client_port(self) -> int:
+        """The head's Ray Client server port (`ray://127.0.0.1:<port>`)."""
+        return self._client_port
+
+    @property
     def token(self) -> str:
         """The cluster's auth token."""
         return self.token_file.read_text().strip()

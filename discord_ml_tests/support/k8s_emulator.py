@@ -6,7 +6,8 @@ secrets and networkpolicies; validates created RayClusters against the KubeRay C
 NetworkPolicies against the Kubernetes schema (422 like an API server); and emulates the KubeRay
 operator: a new RayCluster gets a real local Ray cluster (head + 1 worker raylet, via the local
 backend), head pod/service objects, status conditions, `head.serviceIP` and endpoints; deleting
-it stops that Ray cluster. A cluster can be told to stay Pending with an Unschedulable event or
+it stops that Ray cluster. `pods/portforward` websockets to a head pod reach that Ray cluster's
+GCS, dashboard and client ports. A cluster can be told to stay Pending with an Unschedulable event or
 to fail its head, and the next requests can be made to fail with a transient status.
 """
 
@@ -30,6 +31,7 @@ import yaml
 
 from discord_ml.cluster.local import LocalRayCluster
 from discord_ml.cluster.spec import ClusterSpec
+from discord_ml_tests.support import k8s_portforward
 from discord_ml_tests.support.schemas import crd_errors, k8s_errors
 
 KINDS = {
@@ -38,7 +40,7 @@ KINDS = {
 }  # fmt: skip
 _PATH = re.compile(
     r"^/(?:api/v1|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
-    r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>status))?$"
+    r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>status|portforward))?$"
 )
 UNSCHEDULABLE = (
     "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: "
@@ -67,6 +69,7 @@ class KubeEmulator:
         self.requests: list[tuple[str, str]] = []
         self.ray: dict[tuple[str, str], LocalRayCluster] = {}
         self.threads: list[threading.Thread] = []
+        self.forwards_open = 0  # pods/portforward streams being carried now
         self.url = ""
 
     # --- store ---------------------------------------------------------------------------------
@@ -159,6 +162,32 @@ class KubeEmulator:
         if ray is not None:
             ray.stop()
 
+    def pod_ports(self, namespace: str, pod: str) -> dict[int, int]:
+        """A running pod's container ports and where the emulator serves them on 127.0.0.1."""
+        with self.lock:
+            obj = self.objects.get(("pods", namespace, pod))
+            if obj is None or obj["status"].get("phase") != "Running":
+                return {}
+            ray = self.ray.get((namespace, obj["metadata"]["labels"].get("ray.io/cluster", "")))
+        if ray is None:
+            return {}
+        return {6379: ray.gcs_port, 8265: ray.dashboard_port, 10001: ray.client_port}
+
+    def portforward(self, handler: BaseHTTPRequestHandler, namespace: str, pod: str, ports: list[int]) -> None:
+        """Serve one `pods/portforward` websocket like the API server and kubelet do."""
+        self.requests.append(("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}/portforward"))
+        served = self.pod_ports(namespace, pod)
+        if not served:
+            handler.send_error(404, f'pods "{pod}" not found or not running')
+            return
+        with self.lock:
+            self.forwards_open += 1
+        try:
+            k8s_portforward.serve(handler, {port: served.get(port) for port in ports}, pod=pod)
+        finally:
+            with self.lock:
+                self.forwards_open -= 1
+
     # --- HTTP ----------------------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
@@ -230,6 +259,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         url = urlparse(self.path)
+        match = _PATH.match(url.path)
+        if self.headers.get("Upgrade", "").lower() == "websocket" and match and match["sub"] == "portforward":
+            ports = [int(p) for v in parse_qs(url.query).get("ports", []) for p in v.split(",")]
+            self.emulator.portforward(self, match["ns"] or "", match["name"] or "", ports)
+            return
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
         code, payload = self.emulator.handle(self.command, url.path, parse_qs(url.query), body)
