@@ -88,9 +88,9 @@ def session(
       eval "$(dml cluster env ranking)"           # in another terminal
       ray job submit -- python train.py
     """
-    from discord_ml.cluster.attach import RAY_CLIENT_PORT, SHELLS, ray_env, record_session, render, token_file
+    from discord_ml.cluster.attach import SHELLS, ray_env, record_session, render, token_file
     from discord_ml.cluster.kuberay import KubeRayProvider
-    from discord_ml.cluster.manifests import DASHBOARD_PORT
+    from discord_ml.cluster.manifests import DASHBOARD_PORT, RAY_CLIENT_PORT
     from discord_ml.cluster.portforward import ForwardError
     from discord_ml.cluster.provider import ClusterError, ClusterNotFoundError
     from discord_ml.settings import get_settings

@@ -3,36 +3,47 @@
 from __future__ import annotations
 
 import secrets
+import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from discord_ml.cli.common import Backend, Namespace, fail, provider
+from discord_ml.cli.common import Backend, Namespace, current_owner, fail, get_cluster, provider, require_owner
 
 
 def notebook(
     cluster: Annotated[str, typer.Argument(help="Cluster to attach to.")],
-    port: Annotated[int, typer.Option("--port", help="Port for JupyterLab on 127.0.0.1.")] = 8888,
-    notebook_dir: Annotated[Path, typer.Option("--dir", help="Folder JupyterLab opens.")] = Path("."),
+    port: Annotated[int, typer.Option("--port", help="Port for JupyterLab on 127.0.0.1 (0: any free port).")] = 8888,
+    notebook_dir: Annotated[Path, typer.Option("--dir", help="Folder JupyterLab opens (local backend).")] = Path("."),
+    delete: Annotated[bool, typer.Option("--delete", help="kuberay: delete your notebook pod and exit.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Attach to another owner's cluster (admins).")] = False,
     namespace: Namespace = None,
     backend: Backend = None,
 ) -> None:
     """Start JupyterLab with the cluster's address and token in its environment; print its URL.
 
-    On the local backend kernels reach the cluster's GCS directly. On kuberay they use Ray Client
-    (`ray://<head-svc>:10001`), which works where the head service resolves: inside the cluster,
-    or after `kubectl port-forward svc/<cluster>-head-svc 10001` with DML_KUBERAY_DASHBOARD=service-ip.
+    Local backend: JupyterLab runs here until Ctrl-C; kernels reach the cluster's GCS directly.
+    kuberay: your notebook pod runs next to the cluster (created on first use, hardened, deleted with
+    the cluster); this command forwards it to 127.0.0.1 until Ctrl-C, and the pod keeps running.
 
     Example: dml notebook ranking --port 8888
     """
     from discord_ml.cluster.provider import ClusterError
+
+    info = get_cluster(cluster, namespace, backend)
+    if info.backend == "kuberay":
+        require_owner(info, force, "attach a notebook to it")  # a notebook holds the cluster's token
+        _kuberay_notebook(cluster, info.namespace, port=port, delete=delete)
+        return
+    if delete:
+        fail("--delete is for kuberay notebook pods; a local notebook stops with Ctrl-C")
     from discord_ml.notebooks import jupyter_launch
 
-    clusters = provider(backend)
     try:
-        connection = clusters.connect(cluster, namespace=namespace)
+        connection = provider(backend).connect(cluster, namespace=namespace)
     except ClusterError as exc:
         fail(str(exc))
     launch = jupyter_launch(connection, cluster, host="127.0.0.1", port=port, notebook_dir=notebook_dir,
@@ -43,3 +54,42 @@ def notebook(
         raise typer.Exit(subprocess.call(launch.argv, env=launch.env))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+
+
+def _kuberay_notebook(cluster: str, namespace: str, *, port: int, delete: bool) -> None:
+    from discord_ml.cluster.kuberay import KubeRayProvider
+    from discord_ml.cluster.kuberay_notebooks import KubeRayNotebooks
+    from discord_ml.cluster.notebook_manifests import notebook_pod_name
+    from discord_ml.cluster.portforward import ForwardError
+    from discord_ml.cluster.provider import ClusterError
+
+    clusters = KubeRayProvider(dashboard_access="port-forward")
+    notebooks = KubeRayNotebooks(clusters)
+    owner = current_owner()
+    try:
+        if delete:
+            mine = [n for n in notebooks.list(cluster, namespace=namespace) if n.owner == owner]
+            for pod in mine:
+                notebooks.delete(pod)
+            typer.echo(f"deleted notebook pod {notebook_pod_name(cluster, owner)}" if mine else "no notebook pod")
+            return
+        pod = notebooks.launch(cluster, namespace=namespace, owner=owner)
+        if not pod.ready:
+            typer.echo(f"notebook pod {pod.name} is starting ...", err=True)
+        pod = notebooks.wait_running(pod)
+        forward = notebooks.forward(pod, local_port=port)
+        token = notebooks.token(pod)
+    except ForwardError as exc:
+        fail(f"{exc}; pick another with --port (0: any free port)")
+    except ClusterError as exc:
+        fail(str(exc))
+    typer.echo(f"JupyterLab in pod {namespace}/{pod.name}, attached to {cluster}: "
+               f"http://{forward.address}/lab?token={token}")  # fmt: skip
+    typer.echo("Ctrl-C closes the forward; the pod keeps running until the cluster is deleted "
+               f"(or: dml notebook {cluster} --delete)", err=True)  # fmt: skip
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(1):
+        pass
+    clusters.close()

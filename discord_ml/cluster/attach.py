@@ -17,9 +17,9 @@ import shlex
 from pathlib import Path
 from urllib.parse import urlparse
 
+from discord_ml.cluster.manifests import RAY_CLIENT_PORT
 from discord_ml.cluster.provider import ClusterConnection
 
-RAY_CLIENT_PORT = 10001
 SHELLS = ("bash", "fish", "json")
 
 

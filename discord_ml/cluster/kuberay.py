@@ -22,10 +22,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from discord_ml.cluster.attach import RAY_CLIENT_PORT
 from discord_ml.cluster.manifests import (
     DASHBOARD_PORT,
     LABEL_PREFIX,
+    RAY_CLIENT_PORT,
     TTL_ANNOTATION,
     auth_secret_name_for,
     build_auth_secret,
@@ -89,7 +89,7 @@ class KubeRayProvider:
         self.networking: Any = kubernetes.client.NetworkingV1Api()
         self.dashboard_access = dashboard_access
         self.retries, self.backoff_s = retries, backoff_s
-        self._forwards: dict[tuple[str, str, int], PortForward] = {}
+        self._forwards: dict[tuple[str, str, str, int], PortForward] = {}
         self._forwards_lock = threading.Lock()
         self._closes_at_exit = False
 
@@ -108,10 +108,10 @@ class KubeRayProvider:
         # An existing Secret is left by an earlier attempt of the same name; KubeRay reads the token it holds.
         with contextlib.suppress(ClusterExistsError):
             token_secret = build_auth_secret(spec, secrets.token_urlsafe(32))
-            self._call(self.core.create_namespaced_secret, namespace, token_secret)
+            self.call(self.core.create_namespaced_secret, namespace, token_secret)
         try:
-            self._call(self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, cluster)
-            self._call(self.networking.create_namespaced_network_policy, namespace, build_network_policy(spec))
+            self.call(self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, cluster)
+            self.call(self.networking.create_namespaced_network_policy, namespace, build_network_policy(spec))
         except ClusterExistsError:
             raise ClusterExistsError(
                 f"RayCluster {name!r} already exists in namespace {namespace!r}; pick another name or delete it first "
@@ -145,7 +145,7 @@ class KubeRayProvider:
         """
         namespace = namespace or get_settings().default_namespace
         try:
-            obj = self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+            obj = self.call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
         except ClusterNotFoundError:
             raise ClusterNotFoundError(
                 f"no RayCluster {name!r} in namespace {namespace!r} (see dml cluster list -A)"
@@ -156,10 +156,10 @@ class KubeRayProvider:
         """RayClusters whose labels include `selector`, in one namespace or all of them."""
         label_selector = ",".join(f"{k}={v}" for k, v in (selector or {}).items())
         if namespace is None:
-            result = self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
+            result = self.call(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
                                 label_selector=label_selector)  # fmt: skip
         else:
-            result = self._call(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
+            result = self.call(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
                                 label_selector=label_selector)  # fmt: skip
         return [self._explained(self._info(item)) for item in result.get("items", [])]
 
@@ -173,22 +173,22 @@ class KubeRayProvider:
         ]
         for call, args in calls:
             with contextlib.suppress(ClusterNotFoundError):
-                self._call(call, *args)
-        self._close_forwards(namespace, name)
+                self.call(call, *args)
+        self.close_forwards(namespace, name)
 
     def connect(self, name: str, *, namespace: str | None = None) -> ClusterConnection:
         """Dashboard URL (from the head service, or a local port-forward) and the token from the cluster's Secret."""
         namespace = namespace or get_settings().default_namespace
-        obj = self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+        obj = self.call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
         secret_name = obj["spec"].get("authOptions", {}).get("secretName") or name
-        secret = self._call(self.core.read_namespaced_secret, secret_name, namespace)
+        secret = self.call(self.core.read_namespaced_secret, secret_name, namespace)
         headers = {"Authorization": f"Bearer {base64.b64decode((secret.data or {})['auth_token']).decode()}"}
         if self.dashboard_access == "port-forward":
             # Kept open for this process's life (or until the cluster is deleted through this provider).
             dashboard = self.forward(name, namespace=namespace, remote_port=DASHBOARD_PORT)
             client = self.forward(name, namespace=namespace, remote_port=RAY_CLIENT_PORT)
             return ClusterConnection(f"http://{dashboard.address}", headers, address=f"ray://{client.address}")
-        service = self._call(self.core.read_namespaced_service, f"{name}-head-svc", namespace)
+        service = self.call(self.core.read_namespaced_service, f"{name}-head-svc", namespace)
         port = next((p.port for p in service.spec.ports or [] if p.name == "dashboard"), DASHBOARD_PORT)
         if self.dashboard_access == "service-ip":
             host = service.spec.cluster_ip
@@ -196,20 +196,23 @@ class KubeRayProvider:
             host = f"{name}-head-svc.{namespace}.svc.cluster.local"
         return ClusterConnection(f"http://{host}:{port}", headers)
 
-    def forward(self, name: str, *, namespace: str | None = None, remote_port: int, local_port: int = 0) -> PortForward:
-        """A local port carried to the head pod's `remote_port`; one per cluster and port, reused while open.
+    def forward(self, name: str, *, namespace: str | None = None, remote_port: int, local_port: int = 0,
+                pod: str | None = None) -> PortForward:  # fmt: skip
+        """A local port carried to `remote_port` of the cluster's head pod (or of its pod named `pod`, a
+        notebook); one per cluster, pod and port, reused while open.
 
         Raises:
             ForwardError: `local_port` is taken.
         """
         namespace = namespace or get_settings().default_namespace
-        key = (namespace, name, remote_port)
+        key = (namespace, name, pod or "", remote_port)
         with self._forwards_lock:
             running = self._forwards.get(key)
             if running is not None and running.open and local_port in (0, running.local_port):
                 return running
-            forward = PortForward(self._head_stream(namespace, name), remote_port, local_port=local_port,
-                                  what=f"port {remote_port} of {namespace}/{name}")  # fmt: skip
+            find = (lambda: pod) if pod else (lambda: self._head_pod(namespace, name))
+            forward = PortForward(self._pod_stream(namespace, find), remote_port, local_port=local_port,
+                                  what=f"port {remote_port} of {namespace}/{pod or name}")  # fmt: skip
             self._forwards[key] = forward
             if not self._closes_at_exit:
                 atexit.register(self.close)
@@ -227,7 +230,7 @@ class KubeRayProvider:
         """Kubernetes events of the RayCluster and of its pods and services (named `<cluster>-...`)."""
         namespace = namespace or get_settings().default_namespace
         self.get(name, namespace=namespace)  # a clear not-found error
-        items = self._call(self.core.list_namespaced_event, namespace).items
+        items = self.call(self.core.list_namespaced_event, namespace).items
         mine = [e for e in items if e.involved_object.name == name or e.involved_object.name.startswith(f"{name}-")]
         events = [
             ClusterEvent(e.last_timestamp or e.event_time or e.metadata.creation_timestamp, e.type or "Normal",
@@ -237,10 +240,8 @@ class KubeRayProvider:
         events.sort(key=lambda e: e.time or datetime.min.replace(tzinfo=UTC))
         return events[-limit:]
 
-    # --- internals ---------------------------------------------------------------------------
-
-    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call the API, retrying transient errors; map the rest to our errors."""
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call the Kubernetes API, retrying transient errors; map the rest to our errors (ClusterError...)."""
         import urllib3
 
         delay = self.backoff_s
@@ -261,27 +262,34 @@ class KubeRayProvider:
                 raise ClusterError(f"Kubernetes API unreachable after {attempt} attempts: {exc}") from exc
         raise AssertionError("unreachable")
 
-    def _close_forwards(self, namespace: str, name: str) -> None:
+    def close_forwards(self, namespace: str, name: str, *, pod: str | None = None) -> None:
+        """Close the cluster's port-forwards (only those to `pod`, if given)."""
         with self._forwards_lock:
-            keys = [k for k in self._forwards if k[:2] == (namespace, name)]
+            keys = [k for k in self._forwards if k[:2] == (namespace, name) and pod in (None, k[2])]
             forwards = [self._forwards.pop(k) for k in keys]
         for forward in forwards:
             forward.close()
 
-    def _head_stream(self, namespace: str, name: str) -> OpenStream:
-        """Opens one `pods/portforward` stream to the cluster's running head pod."""
+    # --- internals ---------------------------------------------------------------------------
+
+    def _head_pod(self, namespace: str, name: str) -> str:
+        pods = self.call(self.core.list_namespaced_pod, namespace,
+                          label_selector=f"ray.io/cluster={name},ray.io/node-type=head")  # fmt: skip
+        running = [p.metadata.name for p in pods.items if p.status.phase == "Running"]
+        if not running:
+            raise ClusterError(f"RayCluster {name!r} in {namespace!r} has no running head pod to forward to")
+        return running[0]
+
+    def _pod_stream(self, namespace: str, find_pod: Callable[[], str]) -> OpenStream:
+        """Opens one `pods/portforward` stream to the pod `find_pod` names (asked again for each stream)."""
         from kubernetes.stream import portforward
 
         def open_stream(port: int) -> tuple[Any, Callable[[], None]]:
-            pods = self._call(self.core.list_namespaced_pod, namespace,
-                              label_selector=f"ray.io/cluster={name},ray.io/node-type=head")  # fmt: skip
-            running = [p.metadata.name for p in pods.items if p.status.phase == "Running"]
-            if not running:
-                raise ClusterError(f"RayCluster {name!r} in {namespace!r} has no running head pod to forward to")
+            pod = find_pod()
             # `portforward` swaps its client's request method while it connects: a client of its own
             # keeps the provider's other calls (other threads) off the websocket.
             api = self._k8s.client.CoreV1Api(self._k8s.client.ApiClient())
-            stream = portforward(api.connect_get_namespaced_pod_portforward, running[0], namespace, ports=str(port))
+            stream = portforward(api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
             return stream.socket(port), stream.close
 
         return open_stream
@@ -293,12 +301,12 @@ class KubeRayProvider:
         return dataclasses.replace(info, reason=self._pending_reason(info.namespace, info.name) or info.reason)
 
     def _pending_reason(self, namespace: str, name: str) -> str:
-        pods = self._call(self.core.list_namespaced_pod, namespace, label_selector=f"ray.io/cluster={name}")
+        pods = self.call(self.core.list_namespaced_pod, namespace, label_selector=f"ray.io/cluster={name}")
         reasons = []
         for pod in pods.items:
             if pod.status.phase != "Pending":
                 continue
-            events = self._call(self.core.list_namespaced_event, namespace,
+            events = self.call(self.core.list_namespaced_event, namespace,
                                 field_selector=f"involvedObject.name={pod.metadata.name}")  # fmt: skip
             warnings = [e for e in events.items if e.type == "Warning"]
             if warnings:

@@ -27,9 +27,11 @@ TTL_ANNOTATION = f"{LABEL_PREFIX}/ttl-seconds"
 RUN_ID_LABEL = "dagster.io/run-id"
 JOB_LABEL = "dagster.io/job"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+NOTEBOOK_LABEL = f"{LABEL_PREFIX}/notebook-for"  # on a notebook pod: the cluster it attaches to
 
 HEAD_PORTS = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001), ("metrics", 8080))
 DASHBOARD_PORT = 8265
+RAY_CLIENT_PORT = 10001
 # Ray's default object store is 30% of memory; it lives in /dev/shm, which we size to match.
 OBJECT_STORE_FRACTION = Decimal("0.3")
 MIN_OBJECT_STORE = 128 * 2**20
@@ -273,7 +275,8 @@ def build_ray_job(
 
 def build_network_policy(spec: ClusterSpec, *, platform_namespace: str | None = None) -> dict[str, Any]:
     """A NetworkPolicy for the cluster's pods: cluster-internal traffic and DNS; the dashboard/Jobs API
-    only from the platform namespace (Dagster, X-Ray); nothing else in or out."""
+    only from the platform namespace (Dagster, X-Ray); Ray Client and the Jobs API from the cluster's
+    own notebook pods; nothing else in or out."""
     platform_ns = platform_namespace or get_settings().platform_namespace
     members = {"podSelector": {"matchLabels": {"ray.io/cluster": spec.cluster_name}}}
     return {
@@ -296,6 +299,10 @@ def build_network_policy(spec: ClusterSpec, *, platform_namespace: str | None = 
                 {
                     "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": platform_ns}}}],
                     "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}],
+                },
+                {
+                    "from": [{"podSelector": {"matchLabels": {NOTEBOOK_LABEL: spec.cluster_name}}}],
+                    "ports": [{"protocol": "TCP", "port": port} for port in (RAY_CLIENT_PORT, DASHBOARD_PORT)],
                 },
             ],
             "egress": [

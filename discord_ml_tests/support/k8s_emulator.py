@@ -3,12 +3,14 @@
 
 It serves the real REST paths for `rayclusters`/`rayjobs` (ray.io/v1), services, pods, events,
 secrets and networkpolicies; validates created RayClusters against the KubeRay CRD schema and
-NetworkPolicies against the Kubernetes schema (422 like an API server); and emulates the KubeRay
+Pods, Secrets and NetworkPolicies against the Kubernetes schema (422 like an API server); and emulates the KubeRay
 operator: a new RayCluster gets a real local Ray cluster (head + 1 worker raylet, via the local
 backend), head pod/service objects, status conditions, `head.serviceIP` and endpoints; deleting
 it stops that Ray cluster. `pods/portforward` websockets to a head pod reach that Ray cluster's
-GCS, dashboard and client ports. A cluster can be told to stay Pending with an Unschedulable event or
-to fail its head, and the next requests can be made to fail with a transient status.
+GCS, dashboard and client ports. A created Pod (a notebook) runs as a local process (`k8s_kubelet`)
+whose port-forwards reach it; deleting an object deletes what it owns (ownerReferences), as the
+garbage collector does. A cluster can be told to stay Pending with an Unschedulable event or to
+fail its head, and the next requests can be made to fail with a transient status.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import yaml
 
 from discord_ml.cluster.local import LocalRayCluster
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml_tests.support import k8s_portforward
+from discord_ml_tests.support import k8s_kubelet, k8s_portforward
+from discord_ml_tests.support.k8s_kubelet import LocalContainer
 from discord_ml_tests.support.schemas import crd_errors, k8s_errors
 
 KINDS = {
@@ -70,6 +73,7 @@ class KubeEmulator:
         self.ray: dict[tuple[str, str], LocalRayCluster] = {}
         self.threads: list[threading.Thread] = []
         self.forwards_open = 0  # pods/portforward streams being carried now
+        self.containers: dict[tuple[str, str], LocalContainer] = {}  # notebook pods run by the kubelet
         self.url = ""
 
     # --- store ---------------------------------------------------------------------------------
@@ -152,6 +156,53 @@ class KubeEmulator:
                                for t in ("HeadPodReady", "RayClusterProvisioned")],
             }  # fmt: skip
 
+    def _run_pod(self, namespace: str, name: str) -> None:
+        """The kubelet's part for a notebook pod: run its container, then mark it Running and Ready."""
+        with self.lock:
+            pod = copy.deepcopy(self.objects[("pods", namespace, name)])
+            secrets = {o["metadata"]["name"]: o for o in self.find("secrets", namespace)}
+            services = {f"{c}-head-svc.{ns}.svc.cluster.local:{port}": f"127.0.0.1:{local}"
+                        for (ns, c), ray in self.ray.items()
+                        for port, local in ((10001, ray.client_port), (8265, ray.dashboard_port))}  # fmt: skip
+
+        def resolve(value: str) -> str:  # what cluster DNS and the service would do
+            for address, local in services.items():
+                value = value.replace(address, local)
+            return value
+
+        try:
+            container = k8s_kubelet.run_container(pod, secrets, resolve)
+        except (RuntimeError, LookupError) as exc:
+            with self.lock:
+                if ("pods", namespace, name) in self.objects:
+                    self.objects[("pods", namespace, name)]["status"] = {"phase": "Failed", "message": str(exc)}
+            return
+        with self.lock:
+            live = self.objects.get(("pods", namespace, name))
+            if live is None:  # deleted while starting
+                k8s_kubelet.stop_container(container)
+                return
+            self.containers[(namespace, name)] = container
+            live["status"] = {"phase": "Running", "podIP": "127.0.0.1",
+                              "conditions": [{"type": "Ready", "status": "True"}]}  # fmt: skip
+
+    def _delete(self, key: tuple[str, str, str]) -> None:
+        """Delete an object; what it owns goes with it (the garbage collector), pods stop."""
+        with self.lock:
+            obj = self.objects.pop(key, None)
+            if obj is None:
+                return
+            uid = obj["metadata"]["uid"]
+            owned = [k for k, o in self.objects.items()
+                     if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences", []))]  # fmt: skip
+            container = self.containers.pop((key[1], key[2]), None) if key[0] == "pods" else None
+        if container is not None:
+            k8s_kubelet.stop_container(container)
+        if key[0] == "rayclusters":
+            self._teardown(key[1], key[2])
+        for dependent in owned:
+            self._delete(dependent)
+
     def _teardown(self, namespace: str, name: str) -> None:
         with self.lock:
             ray = self.ray.pop((namespace, name), None)
@@ -168,6 +219,10 @@ class KubeEmulator:
             obj = self.objects.get(("pods", namespace, pod))
             if obj is None or obj["status"].get("phase") != "Running":
                 return {}
+            container = self.containers.get((namespace, pod))
+            if container is not None:
+                [port] = [p["containerPort"] for p in obj["spec"]["containers"][0]["ports"]]
+                return {port: container.port}
             ray = self.ray.get((namespace, obj["metadata"]["labels"].get("ray.io/cluster", "")))
         if ray is None:
             return {}
@@ -218,10 +273,7 @@ class KubeEmulator:
         if method == "GET":
             return 200, copy.deepcopy(obj)
         if method == "DELETE":
-            with self.lock:
-                del self.objects[key]
-            if plural == "rayclusters":
-                self._teardown(ns or "", name or "")
+            self._delete(key)
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}
         return 405, _status(405, "MethodNotAllowed", f"{method} is not supported by the emulator")
 
@@ -232,7 +284,7 @@ class KubeEmulator:
                 409, "AlreadyExists", f'{plural}.{"ray.io" if "ray" in plural else ""} "{name}" already exists'
             )
         errors = crd_errors(body) if plural in ("rayclusters", "rayjobs") else []
-        if plural == "networkpolicies":
+        if plural in ("networkpolicies", "pods", "secrets"):
             errors = k8s_errors(body)
         if errors:
             return 422, _status(422, "Invalid", f'{KINDS[plural]} "{name}" is invalid: ' + "; ".join(errors))
@@ -240,9 +292,12 @@ class KubeEmulator:
         if plural == "secrets" and "stringData" in body:  # like the API server: stored base64-encoded
             encoded = {k: base64.b64encode(v.encode()).decode() for k, v in body.pop("stringData").items()}
             body["data"] = {**body.get("data", {}), **encoded}
+        if plural == "pods":
+            body["status"] = {"phase": "Pending"}
         obj = self.put(plural, body)
-        if plural == "rayclusters":
-            thread = threading.Thread(target=self._reconcile, args=(namespace, name), daemon=True)
+        start = {"rayclusters": self._reconcile, "pods": self._run_pod}.get(plural)
+        if start is not None:
+            thread = threading.Thread(target=start, args=(namespace, name), daemon=True)
             self.threads.append(thread)
             thread.start()
         return 201, copy.deepcopy(obj)
@@ -252,6 +307,8 @@ class KubeEmulator:
             thread.join(timeout=120)
         for namespace, name in list(self.ray):
             self._teardown(namespace, name)
+        for key in list(self.containers):
+            k8s_kubelet.stop_container(self.containers.pop(key))
 
 
 class _Handler(BaseHTTPRequestHandler):

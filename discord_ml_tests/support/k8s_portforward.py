@@ -25,7 +25,10 @@ PROTOCOL = "v4.channel.k8s.io"
 
 
 def _read_exact(stream: BinaryIO, n: int) -> bytes | None:
-    data = stream.read(n)
+    try:
+        data = stream.read(n)
+    except OSError:  # the client went away (reset): the end of the stream
+        return None
     return data if data is not None and len(data) == n else None
 
 
