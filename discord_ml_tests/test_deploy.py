@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from discord_ml.cluster.kuberay import KubeRayProvider
+from discord_ml.cluster.kuberay_notebooks import KubeRayNotebooks
 from discord_ml.cluster.manifests import build_ray_cluster
 from discord_ml.cluster.security import validate_manifest
 from discord_ml.cluster.spec import ClusterSpec
@@ -101,9 +102,10 @@ def test_code_location_role_grants_exactly_these_verbs() -> None:
                                     "namespace": "ml-platform"}]  # fmt: skip
 
 
-def test_engineers_role_adds_only_port_forward_to_the_code_locations() -> None:
+def test_engineers_role_adds_only_port_forward_and_notebook_pods_to_the_code_locations() -> None:
     manager, user = _rules("Role", "discord-ml-ray-manager"), _rules("Role", "discord-ml-ray-user")
-    assert user == {**manager, ("", "pods/portforward"): {"get", "create"}}
+    assert user == {**manager, ("", "pods/portforward"): {"get", "create"},
+                    ("", "pods"): {"get", "list", "watch", "create", "delete"}}  # fmt: skip
     [binding] = [
         o for _, o in _objects() if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == "discord-ml-ray-user"
     ]
@@ -122,8 +124,9 @@ def test_xray_reads_everywhere_and_acts_only_where_a_team_namespace_binds_it() -
     }
     assert _rules("ClusterRole", "discord-ml-xray-operator") == {
         ("ray.io", "rayclusters"): {"get", "delete"},
-        ("", "secrets"): {"get", "delete"},
-        ("networking.k8s.io", "networkpolicies"): {"delete"},
+        ("", "secrets"): {"get", "create", "delete"},
+        ("networking.k8s.io", "networkpolicies"): {"create", "delete"},
+        ("", "pods"): {"create"},  # notebook pods
     }
     bindings = [o for _, o in _objects() if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
                 and o["roleRef"]["name"] == "discord-ml-xray-operator"]  # fmt: skip
@@ -195,18 +198,27 @@ def test_engineers_role_covers_every_call_from_a_laptop(kuberay_api: KubeEmulato
     try:
         provider.wait_ready("laptop-probe", timeout=120)
         connection = provider.connect("laptop-probe")
-        request = urllib.request.Request(f"{connection.dashboard_url}/api/version", headers=dict(connection.headers))
-        with urllib.request.urlopen(request, timeout=60) as response:  # through pods/portforward
-            assert json.load(response)["ray_version"]
+        _get_json(f"{connection.dashboard_url}/api/version", dict(connection.headers))  # through pods/portforward
         provider.list(namespace="ml")
+        notebooks = KubeRayNotebooks(provider)  # `dml notebook`
+        pod = notebooks.wait_running(notebooks.launch("laptop-probe", namespace="ml", owner="pytest"))
+        lab = notebooks.forward(pod)
+        _get_json(f"http://{lab.address}/api/status?token={notebooks.token(pod)}", {})
+        notebooks.list("laptop-probe", namespace="ml")
+        notebooks.delete(pod)
     finally:
         provider.delete("laptop-probe")
     used, cluster_wide = _grants_used(kuberay_api.requests)
     assert cluster_wide == []
-    assert {("", "pods/portforward", "get"), ("", "pods/portforward", "create")} <= used
+    assert {("", "pods/portforward", "get"), ("", "pods/portforward", "create"), ("", "pods", "create")} <= used
     granted = _rules("Role", "discord-ml-ray-user")
     missing = sorted(u for u in used if u[2] not in granted.get((u[0], u[1]), set()))
     assert missing == [], f"the CLI on a laptop needs grants the engineers' Role lacks: {missing}"
+
+
+def _get_json(url: str, headers: dict[str, str]) -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as response:
+        return json.load(response)
 
 
 def test_xray_grants_cover_every_call_its_provider_makes(kuberay_api: KubeEmulator) -> None:
@@ -218,6 +230,9 @@ def test_xray_grants_cover_every_call_its_provider_makes(kuberay_api: KubeEmulat
     provider.get("xray-probe")
     provider.events("xray-probe")
     provider.connect("xray-probe")
+    notebooks = KubeRayNotebooks(provider)  # "Launch notebook", and the cluster page's list
+    notebooks.launch("xray-probe", namespace="ml", owner="pytest")
+    notebooks.list("xray-probe", namespace="ml")
     provider.delete("xray-probe")
     reader, operator = (
         _rules("ClusterRole", "discord-ml-xray-reader"),

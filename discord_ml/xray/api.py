@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -98,8 +99,9 @@ async def delete(request: Request, service: Service, user: Actor, backend: str, 
 @router.post(CLUSTER + "/notebook")
 async def notebook(request: Request, service: Service, user: Actor, backend: str, namespace: str,
                    name: str) -> Response:  # fmt: skip
-    """Start (or find) JupyterLab attached to the cluster and answer its URL: owner or admin only."""
-    session = await service.notebook(backend, namespace, name, user)
+    """Start (or find) JupyterLab attached to the cluster: owner or admin only. Answers its URL, or on
+    kuberay the notebook pod and the command that opens it."""
+    launched = await service.notebook(backend, namespace, name, user)
     if _wants_html(request):
-        return RedirectResponse(session.url, status_code=303)
-    return JSONResponse({"url": session.url, "started_by": session.started_by})
+        return RedirectResponse(launched.url or f"/clusters/{backend}/{namespace}/{name}", status_code=303)
+    return JSONResponse({k: v for k, v in dataclasses.asdict(launched).items() if v is not None})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import parse_qs
 
@@ -55,8 +56,14 @@ def gib(value: float) -> str:
     return f"{value / 2**30:.1f} GiB"
 
 
+def since(moment: datetime) -> str:
+    """How long ago `moment` was, like `age`."""
+    return human_age((datetime.now(UTC) - moment).total_seconds())
+
+
 def make_templates(directory: str) -> Jinja2Templates:
     templates = Jinja2Templates(directory=directory)
     templates.env.filters["age"] = human_age
+    templates.env.filters["since"] = since
     templates.env.filters["bytes"] = gib
     return templates

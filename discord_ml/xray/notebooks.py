@@ -1,4 +1,4 @@
-"""Notebooks launched from X-Ray: one JupyterLab per cluster, run by the X-Ray process.
+"""Notebooks launched from X-Ray for local clusters: one JupyterLab per cluster, run by the X-Ray process.
 
 They stop with the cluster (deleted from X-Ray) or with X-Ray itself.
 """

@@ -9,9 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
+from discord_ml.cluster.names import sanitize_label_value
 from discord_ml.cluster.provider import (
     ClusterError,
     ClusterEvent,
@@ -21,10 +23,13 @@ from discord_ml.cluster.provider import (
 )
 from discord_ml.xray.auth import Identity, authorize
 from discord_ml.xray.config import XRayConfig
-from discord_ml.xray.notebooks import NotebookSession, NotebookSessions
+from discord_ml.xray.notebooks import NotebookSessions
 from discord_ml.xray.ray_api import DashboardUnavailable, JobSummary, NodeUsage, RayDashboard, RayEvent
 from discord_ml.xray.runs import RunStatuses
 from discord_ml.xray.views import ClusterRow, Filters, cluster_path, cluster_row, cluster_rows
+
+if TYPE_CHECKING:
+    from discord_ml.cluster.kuberay_notebooks import KubeRayNotebooks, NotebookPod
 
 
 @dataclass
@@ -50,6 +55,19 @@ class ClusterDetail:
     dashboard_error: str | None = None
     events_error: str | None = None
     notebook_url: str | None = None
+    notebook_pods: list[NotebookPod] = field(default_factory=list)  # kuberay: next to the cluster
+    notebooks_error: str | None = None
+
+
+@dataclass(frozen=True)
+class NotebookLaunch:
+    """What "Launch notebook" started: a local JupyterLab (its URL) or a notebook pod (how to open it)."""
+
+    started_by: str
+    url: str | None = None
+    pod: str | None = None
+    status: str | None = None
+    open_with: str | None = None  # the command that forwards the pod to the user's laptop
 
 
 class XRayService:
@@ -138,8 +156,27 @@ class XRayService:
             except (DashboardUnavailable, LookupError) as exc:
                 detail.dashboard_error = str(exc) if isinstance(exc, DashboardUnavailable) else f"not found: {exc}"
 
-        await asyncio.gather(provider_events(), from_dashboard())
+        async def notebook_pods() -> None:
+            notebooks = self._pod_notebooks(provider)
+            if notebooks is None:
+                return
+            try:
+                detail.notebook_pods = await run_in_threadpool(lambda: notebooks.list(name, namespace=namespace))
+            except ClusterError as exc:
+                detail.notebooks_error = f"notebook pods could not be listed: {exc}"
+
+        await asyncio.gather(provider_events(), from_dashboard(), notebook_pods())
         return detail
+
+    @staticmethod
+    def _pod_notebooks(provider: ClusterProvider) -> KubeRayNotebooks | None:
+        """Notebook pods, where the backend runs notebooks next to the cluster (kuberay)."""
+        if getattr(provider, "backend", "") != "kuberay":
+            return None
+        from discord_ml.cluster.kuberay import KubeRayProvider
+        from discord_ml.cluster.kuberay_notebooks import KubeRayNotebooks
+
+        return KubeRayNotebooks(provider) if isinstance(provider, KubeRayProvider) else None
 
     async def delete(self, backend: str, namespace: str, name: str, identity: Identity) -> ClusterInfo:
         """Delete a cluster the user owns (or any, for an admin), and its notebook.
@@ -154,18 +191,26 @@ class XRayService:
         await run_in_threadpool(self.notebooks.stop, cluster_path(cluster))
         return cluster
 
-    async def notebook(self, backend: str, namespace: str, name: str, identity: Identity) -> NotebookSession:
-        """JupyterLab attached to the cluster (the running one, or a new one).
+    async def notebook(self, backend: str, namespace: str, name: str, identity: Identity) -> NotebookLaunch:
+        """JupyterLab attached to the cluster: on kuberay the user's notebook pod next to it (created or
+        found), elsewhere the cluster's JupyterLab run by X-Ray (the running one, or a new one).
 
         Raises:
             ForbiddenError: not the owner nor an admin (a notebook holds the cluster's token).
-            DashboardUnavailable: the cluster is not ready.
+            DashboardUnavailable: the cluster is not ready (local).
         """
         cluster = await self.get(backend, namespace, name)
         authorize(identity, cluster, "attach a notebook to", self.config)
         provider = self.provider(backend)
+        notebooks = self._pod_notebooks(provider)
+        if notebooks is not None:
+            owner = sanitize_label_value(identity.user)
+            pod = await run_in_threadpool(lambda: notebooks.launch(name, namespace=namespace, owner=owner))
+            return NotebookLaunch(identity.user, pod=pod.name, status=pod.phase,
+                                  open_with=f"dml notebook {name} -n {namespace} -b {backend}")  # fmt: skip
         try:
             connection = await run_in_threadpool(lambda: provider.connect(name, namespace=namespace))
         except ClusterError as exc:
             raise DashboardUnavailable(f"no notebook: {exc}") from exc
-        return await run_in_threadpool(self.notebooks.launch, cluster_path(cluster), name, connection, identity.user)
+        session = await run_in_threadpool(self.notebooks.launch, cluster_path(cluster), name, connection, identity.user)
+        return NotebookLaunch(session.started_by, url=session.url)

@@ -32,7 +32,7 @@ from discord_ml_tests.support.k8s_emulator import KubeEmulator
 from discord_ml_tests.support.schemas import k8s_errors
 
 DML = [str(Path(sys.executable).parent / "dml")]
-IMAGE = ClusterSpec.build(name="x", owner="o").image
+IMAGE = str(ClusterSpec.build(name="x", owner="o").image)
 
 
 def test_notebook_manifests_are_valid_hardened_and_least_privilege() -> None:

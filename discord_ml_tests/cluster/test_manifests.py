@@ -163,11 +163,14 @@ def test_ray_job_rejects_bad_arguments(kwargs: dict[str, Any], message: str) -> 
         build_ray_job(_spec("cpu", 1, "plain"), **kwargs)
 
 
-def test_network_policy_allows_cluster_dns_and_platform_dashboard_only() -> None:
-    policy = build_network_policy(_spec("cpu", 1, "plain"), platform_namespace="ml-platform")["spec"]
+def test_network_policy_allows_cluster_dns_platform_dashboard_and_its_notebooks_only() -> None:
+    spec = _spec("cpu", 1, "plain")
+    policy = build_network_policy(spec, platform_namespace="ml-platform")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     selector = policy["podSelector"]["matchLabels"]
-    intra, platform = policy["ingress"]
+    intra, platform, notebooks = policy["ingress"]
+    assert notebooks["from"] == [{"podSelector": {"matchLabels": {"discord-ml.io/notebook-for": spec.cluster_name}}}]
+    assert [p["port"] for p in notebooks["ports"]] == [10001, 8265]  # Ray Client and the Jobs API
     assert intra == {"from": [{"podSelector": {"matchLabels": selector}}]}
     assert platform["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ml-platform"}}}]
     assert platform["ports"] == [{"protocol": "TCP", "port": 8265}]

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from discord_ml.cluster.manifests import build_cluster_manifests, build_network_policy, build_ray_job
+from discord_ml.cluster.notebook_manifests import build_lab_secret, build_notebook_network_policy, build_notebook_pod
 from discord_ml.cluster.spec import ClusterSpec
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -55,9 +56,18 @@ def _cpu_autoscaling_ray_job() -> list[dict[str, Any]]:
     return [job, build_network_policy(spec)]
 
 
+def _notebook_pod() -> list[dict[str, Any]]:
+    spec = ClusterSpec.build(name="ranking-train", owner="jane", team="ads")
+    pod = build_notebook_pod(spec.cluster_name, "ml", "jane", image=str(spec.image), cluster_uid="0b6c0f4e-uid")
+    secret = build_lab_secret(pod["metadata"]["name"], "ml", pod["metadata"]["labels"], cluster=spec.cluster_name,
+                              cluster_uid="0b6c0f4e-uid", token="<generated>")  # fmt: skip
+    return [pod, secret, build_notebook_network_policy(pod, platform_namespace="ml-platform")]
+
+
 CASES: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "h100-training-cluster": _h100_training_cluster,
     "cpu-autoscaling-rayjob": _cpu_autoscaling_ray_job,
+    "notebook-pod": _notebook_pod,
 }
 
 

@@ -273,8 +273,20 @@ def test_kuberay_clusters_show_pending_reasons_and_events_and_a_broken_backend_i
             [event] = detail["events"]
             assert (event["type"], event["reason"]) == ("Warning", "FailedScheduling")
             assert event["source"].startswith("Pod/xr-gpu-head")
+            # On kuberay "Launch notebook" creates the user's notebook pod next to the cluster and lists it.
+            url = "/api/clusters/kuberay/ml/xr-gpu/notebook"
+            assert client.post(url, headers={**BOB, "X-CSRF-Token": token(client, BOB)}).status_code == 403
+            launched = client.post(url, headers={**ALICE, "X-CSRF-Token": token(client, ALICE)})
+            assert launched.status_code == 200, launched.text
+            assert launched.json()["pod"] == "xr-gpu-nb-alice"
+            assert launched.json()["open_with"] == "dml notebook xr-gpu -n ml -b kuberay"
+            listed = client.get("/api/clusters/kuberay/ml/xr-gpu", headers=ALICE).json()["notebook_pods"]
+            assert [(n["name"], n["owner"]) for n in listed] == [("xr-gpu-nb-alice", "alice")]
+            page = client.get("/clusters/kuberay/ml/xr-gpu", headers=ALICE).text
+            assert 'id="notebooks"' in page and "dml notebook xr-gpu -n ml -b kuberay" in page
     finally:
         kuberay.delete("xr-gpu")
+    assert kuberay_api.find("pods") == []  # the notebook pod went with its cluster
     kubeconfig = Path(os.environ["KUBECONFIG"])
     dead = tmp_path / "dead-kubeconfig"
     dead.write_text(kubeconfig.read_text().replace(kuberay_api.url, "http://127.0.0.1:1"))  # nothing listens
