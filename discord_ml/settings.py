@@ -33,6 +33,13 @@ class Settings(BaseModel):
     data_root: str = Field(
         description="Root of the data lake: a path or a pyarrow/fsspec URL such as s3://bucket/ml (DML_DATA_ROOT).",
     )
+    log_root: str = Field(
+        description="Where Ray job logs are archived before their cluster is deleted: a path or a pyarrow/fsspec "
+        "URL (DML_LOG_ROOT, else $DML_HOME/logs)."
+    )
+    archive_timeout_s: float = Field(
+        description="Longest time archiving a cluster's job logs may hold up its deletion (DML_ARCHIVE_TIMEOUT_S)."
+    )
     partitions_start: str = Field(
         description="First day of the daily partitions of the quests pipeline, YYYY-MM-DD (DML_PARTITIONS_START).",
     )
@@ -68,6 +75,8 @@ def get_settings() -> Settings:
     return Settings(
         home=home,
         data_root=env.get(f"{ENV_PREFIX}DATA_ROOT") or str(home / "data"),
+        log_root=env.get(f"{ENV_PREFIX}LOG_ROOT") or str(home / "logs"),
+        archive_timeout_s=_number(env, "ARCHIVE_TIMEOUT_S", "30", float),
         partitions_start=env.get(f"{ENV_PREFIX}PARTITIONS_START", "2026-01-01"),
         pools_file=Path(env[f"{ENV_PREFIX}POOLS_FILE"]) if env.get(f"{ENV_PREFIX}POOLS_FILE") else None,
         allowed_registries=_csv(

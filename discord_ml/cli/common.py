@@ -77,14 +77,7 @@ def age(created: datetime) -> str:
 
 def info_dict(info: ClusterInfo) -> dict[str, Any]:
     """A cluster as JSON-ready data."""
-    return {
-        "name": info.name, "namespace": info.namespace, "backend": info.backend, "owner": info.owner,
-        "team": info.team, "purpose": info.purpose, "gpu_pool": info.gpu_pool, "gpu_type": info.gpu_type,
-        "gpus_per_worker": info.gpus_per_worker, "workers_ready": info.workers_ready,
-        "workers_desired": info.workers_desired, "status": str(info.status), "reason": info.reason,
-        "created": info.created.isoformat(), "dashboard_url": info.dashboard_url, "labels": dict(info.labels),
-        "ttl_seconds": info.ttl_seconds,
-    }  # fmt: skip
+    return info.as_json()
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -34,14 +34,33 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def _connect(cluster: str, namespace: str | None, backend: str | None) -> Any:
-    """The cluster's ClusterConnection, or exit 2 naming why it cannot be reached."""
-    from discord_ml.cluster.provider import ClusterError
+def _connect(cluster: str, namespace: str | None, backend: str | None, *, archived_job: str | None = None) -> Any:
+    """The cluster's ClusterConnection, or exit 2 naming why it cannot be reached. With `archived_job`,
+    None when the cluster is gone but that job's archive exists."""
+    from discord_ml.cluster.provider import ClusterError, ClusterNotFoundError
 
     try:
         return provider(backend).connect(cluster, namespace=namespace)
+    except ClusterNotFoundError as exc:
+        if archived_job is None or _archived(archived_job) is None:
+            fail(str(exc))
+        return None
     except ClusterError as exc:
         fail(str(exc))
+
+
+def _archived(job_id: str) -> Any:
+    """The archived (cluster, job) of a deleted cluster's job, or None."""
+    from discord_ml.cluster.archive import LogStore
+
+    return LogStore().find_job(job_id)
+
+
+def _archived_note(job_id: str) -> tuple[Any, Any]:
+    archive, job = _archived(job_id)
+    typer.echo(f"archived: cluster {archive.name} was deleted at {archive.deleted:%Y-%m-%d %H:%M:%S %Z}; "
+               f"job {job.status}", err=True)  # fmt: skip
+    return archive, job
 
 
 def _job_client(connection: Any) -> Any:
@@ -149,8 +168,17 @@ def logs(
     namespace: Namespace = None,
     backend: Backend = None,
 ) -> None:
-    """Print a job's logs (--follow to stream them)."""
-    client = _client(_cluster_of(job_id, cluster), namespace, backend)
+    """Print a job's logs (--follow to stream them); a deleted cluster's jobs from the log archive."""
+    connection = _connect(_cluster_of(job_id, cluster), namespace, backend, archived_job=job_id)
+    if connection is None:
+        from discord_ml.cluster.archive import LogStore
+
+        archive, job = _archived_note(job_id)
+        if not job.log_saved:
+            fail(f"the log of job {job_id} was not saved: {archive.problem or 'the job had no log'}")
+        typer.echo(LogStore().log(archive.key, job_id), nl=False)
+        return
+    client = _job_client(connection)
     if not follow:
         typer.echo(client.get_job_logs(job_id), nl=False)
         return
@@ -173,9 +201,15 @@ def status(
 ) -> None:
     """Show a job's status."""
     check_output(output)
-    info = _client(_cluster_of(job_id, cluster), namespace, backend).get_job_info(job_id)
-    data = {"job_id": job_id, "status": str(info.status), "message": info.message, "entrypoint": info.entrypoint,
-            "exit_code": getattr(info, "driver_exit_code", None)}  # fmt: skip
+    connection = _connect(_cluster_of(job_id, cluster), namespace, backend, archived_job=job_id)
+    if connection is None:
+        _, job = _archived_note(job_id)
+        data = {"job_id": job_id, "status": job.status, "message": job.message, "entrypoint": job.entrypoint,
+                "exit_code": None}  # fmt: skip
+    else:
+        info = _job_client(connection).get_job_info(job_id)
+        data = {"job_id": job_id, "status": str(info.status), "message": info.message, "entrypoint": info.entrypoint,
+                "exit_code": getattr(info, "driver_exit_code", None)}  # fmt: skip
     if output == "json":
         print_json(data)
     else:

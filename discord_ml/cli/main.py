@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from discord_ml.cli import cluster_cmd, data_cmd, job_cmd, notebook_cmd, ui_cmd
+from discord_ml.cli import cluster_cmd, data_cmd, job_cmd, notebook_cmd, ui_cmd, usage_cmd
 from discord_ml.cli.common import Backend, Output, check_output, fail, print_json, print_table, provider
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(job_cmd.app, name="job")
 app.add_typer(data_cmd.app, name="data")
 app.command()(notebook_cmd.notebook)
 app.command()(ui_cmd.ui)
+app.command()(usage_cmd.usage)
 
 
 @app.command()

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from discord_ml.cluster.archive import archive_before_delete
 from discord_ml.cluster.manifests import (
     DASHBOARD_PORT,
     LABEL_PREFIX,
@@ -44,6 +45,7 @@ from discord_ml.cluster.provider import (
     Progress,
     poll_until_ready,
 )
+from discord_ml.cluster.quantity import parse_quantity
 from discord_ml.cluster.security import ensure_secure
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml.settings import get_settings
@@ -164,8 +166,10 @@ class KubeRayProvider:
         return [self._explained(self._info(item)) for item in result.get("items", [])]
 
     def delete(self, name: str, *, namespace: str | None = None) -> None:
-        """Delete the RayCluster (KubeRay removes its pods and services), its NetworkPolicy and token."""
+        """Archive its job logs, then delete the RayCluster (KubeRay removes its pods and services; Kubernetes
+        the notebook pods it owns), its NetworkPolicy and token."""
         namespace = namespace or get_settings().default_namespace
+        archive_before_delete(self, name, namespace)
         calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
             (self.custom.delete_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL, name)),
             (self.networking.delete_namespaced_network_policy, (f"{name}-ray", namespace)),
@@ -323,6 +327,7 @@ class KubeRayProvider:
         groups = spec.get("workerGroupSpecs", [])
         desired = status.get("desiredWorkerReplicas", sum(int(g.get("replicas", 0)) for g in groups))
         gpus = next((int(g.get("rayStartParams", {}).get("num-gpus", 0)) for g in groups), 0)
+        head_template = spec.get("headGroupSpec", {}).get("template", {})
         if meta.get("deletionTimestamp"):
             state, reason = ClusterStatus.DELETING, "being deleted"
         elif conditions.get("ReplicaFailure", {}).get("status") == "True" or status.get("state") == "failed":
@@ -359,7 +364,16 @@ class KubeRayProvider:
             dashboard_url=f"http://{service_ip}:{port}" if service_ip and state == ClusterStatus.READY else None,
             labels=labels,
             ttl_seconds=int(ttl) if ttl and ttl.isdigit() else None,
+            head_cpu=_requested_cpu(head_template),
+            worker_cpu=next((_requested_cpu(g.get("template", {})) for g in groups), 0.0),
         )
+
+
+def _requested_cpu(template: Mapping[str, Any]) -> float:
+    """CPUs the pod template's first container requests (0 when it names none)."""
+    containers = template.get("spec", {}).get("containers") or [{}]
+    cpu = (containers[0].get("resources") or {}).get("requests", {}).get("cpu")
+    return float(parse_quantity(str(cpu))) if cpu else 0.0
 
 
 def _api_error(exc: Any) -> ClusterError:

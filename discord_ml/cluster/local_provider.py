@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from discord_ml.cluster.archive import archive_before_delete
 from discord_ml.cluster.local import LocalClusterError, LocalRayCluster
 from discord_ml.cluster.manifests import cluster_labels
 from discord_ml.cluster.processes import process_start, same_process_alive
@@ -25,6 +26,7 @@ from discord_ml.cluster.provider import (
     Progress,
     poll_until_ready,
 )
+from discord_ml.cluster.quantity import parse_quantity
 from discord_ml.cluster.registry import ClusterRecord, LocalRegistry
 from discord_ml.cluster.spec import STORED, ClusterSpec
 from discord_ml.settings import get_settings
@@ -107,11 +109,12 @@ class LocalRayProvider:
         return [i for i in infos if all(i.labels.get(k) == v for k, v in (selector or {}).items())]
 
     def delete(self, name: str, *, namespace: str | None = None) -> None:
-        """Stop exactly this cluster's processes and forget it (a missing cluster is fine)."""
+        """Archive its job logs, stop exactly this cluster's processes and forget it (a missing cluster is fine)."""
         namespace = namespace or get_settings().default_namespace
         record = self.registry.get(namespace, name)
         if record is None:
             return
+        archive_before_delete(self, name, namespace)
         self._handle(record).stop()
         self.registry.remove(namespace, name)
 
@@ -194,6 +197,8 @@ class LocalRayProvider:
             labels=cluster_labels(spec, pool),
             ttl_seconds=spec.ttl_seconds,
             creator_alive=_creator_alive(record),
+            head_cpu=float(parse_quantity(spec.head_cpu)),
+            worker_cpu=float(parse_quantity(spec.worker_cpu or "1")),
         )
 
 

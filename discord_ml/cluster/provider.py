@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from discord_ml.cluster.spec import ClusterSpec
 
@@ -66,6 +66,8 @@ class ClusterInfo:
     # Whether the process that created the cluster still runs, where the backend can tell (local);
     # a Dagster run's cluster whose creator is gone belongs to a run worker that crashed.
     creator_alive: bool | None = None
+    head_cpu: float = 0.0  # CPUs requested by the head (usage and cost)
+    worker_cpu: float = 0.0  # CPUs requested by each worker
 
     @property
     def run_id(self) -> str | None:
@@ -75,6 +77,17 @@ class ClusterInfo:
     def expired(self, now: datetime) -> bool:
         """Whether the cluster has outlived its TTL."""
         return self.ttl_seconds is not None and (now - self.created).total_seconds() > self.ttl_seconds
+
+    def as_json(self) -> dict[str, Any]:
+        """The snapshot as JSON-ready data (`dml cluster get -o json`, the log archive)."""
+        return {
+            "name": self.name, "namespace": self.namespace, "backend": self.backend, "owner": self.owner,
+            "team": self.team, "purpose": self.purpose, "gpu_pool": self.gpu_pool, "gpu_type": self.gpu_type,
+            "gpus_per_worker": self.gpus_per_worker, "workers_ready": self.workers_ready,
+            "workers_desired": self.workers_desired, "status": str(self.status), "reason": self.reason,
+            "created": self.created.isoformat(), "dashboard_url": self.dashboard_url, "labels": dict(self.labels),
+            "ttl_seconds": self.ttl_seconds, "head_cpu": self.head_cpu, "worker_cpu": self.worker_cpu,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)

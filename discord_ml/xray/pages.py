@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
 
+from discord_ml.cluster.archive import LogStore
+from discord_ml.cluster.provider import ClusterNotFoundError
 from discord_ml.xray.auth import Identity, csrf_token
 from discord_ml.xray.deps import Chosen, Service, User, make_templates
 from discord_ml.xray.ray_api import check_job_id
@@ -53,8 +56,15 @@ async def cluster_fragment(request: Request, service: Service, user: User, backe
 
 @router.get("/clusters" + CLUSTER + "/jobs/{job_id}")
 async def job_page(request: Request, service: Service, user: User, backend: str, namespace: str, name: str,
-                   job_id: str) -> HTMLResponse:  # fmt: skip
-    cluster = await service.get(backend, namespace, name)
+                   job_id: str) -> Response:  # fmt: skip
+    """A job's live log; a deleted cluster's job redirects to its archive."""
+    try:
+        cluster = await service.get(backend, namespace, name)
+    except ClusterNotFoundError:
+        found = await run_in_threadpool(LogStore().find_job, check_job_id(job_id))
+        if found is None:
+            raise
+        return RedirectResponse(f"/archive/{found[0].key}/jobs/{job_id}", status_code=303)
     dashboard = await service.dashboard(cluster)
     job = await dashboard.job(check_job_id(job_id))
     return render(request, "job.html", service, user, c=await service.row(cluster, user), job=job)

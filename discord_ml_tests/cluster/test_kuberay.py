@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from discord_ml.cluster import kuberay as kuberay_module
+from discord_ml.cluster.archive import LogStore
 from discord_ml.cluster.kuberay import KubeRayProvider
 from discord_ml.cluster.local import cluster_dir_prefix
 from discord_ml.cluster.processes import processes_using
@@ -77,6 +78,10 @@ def test_lifecycle_with_a_real_ray_head(cluster_api: tuple[KubeEmulator, KubeRay
     assert processes_using(str(cluster_dir_prefix("kr-train"))) == []
     with pytest.raises(ClusterNotFoundError, match="no RayCluster 'kr-train' in namespace 'ml'"):
         provider.get("kr-train")
+    # The job's log outlived the cluster (archived before the RayCluster was deleted).
+    found = LogStore().find_job(outcome.job_id)
+    assert found is not None and found[1].status == "SUCCEEDED"
+    assert "hello from kuberay" in LogStore().log(found[0].key, outcome.job_id)
 
 
 def test_pending_cluster_times_out_naming_the_scheduling_reason(
