@@ -154,3 +154,10 @@ def gather(providers: Mapping[str, ClusterProvider], *, since: timedelta, until:
     archive = (store or LogStore()).clusters(since=datetime.now(deleted_after.tzinfo) - deleted_after)
     archived = [(a.cluster, a.deleted, rates_from_json(a.rate)) for a in archive]
     return collect(live, archived, since=since, until=until), problems
+
+
+def money(cost: float | None, unpriced: int = 0) -> str:
+    """`$12.34`, `—` without a price, and how many clusters had none beside a partial sum."""
+    if cost is None:
+        return "—"
+    return f"${cost:,.2f}" + (f" (+{unpriced} unpriced)" if unpriced else "")

@@ -10,14 +10,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from discord_ml.cli.main import app
 from discord_ml.cluster.archive import LogStore
+from discord_ml.cluster.local_provider import LocalRayProvider
 from discord_ml.cluster.provider import ClusterInfo, ClusterStatus
 from discord_ml.pools import get_catalog, parse_catalog
 from discord_ml.settings import get_settings
 from discord_ml.usage import Rates, collect, rates, totals
+from discord_ml.xray.app import create_app
+from discord_ml.xray.auth import Identity
+from discord_ml.xray.config import XRayConfig
+from discord_ml.xray.runs import no_run_statuses
+from discord_ml.xray.views import cluster_row
+
+ALICE = Identity("alice", frozenset(), admin=False)
 
 CATALOG = """
 pools:
@@ -111,3 +120,26 @@ def test_dml_usage_totals_match_archived_lifetimes_with_a_fixed_clock(priced: Lo
     assert [c["name"] for c in body["clusters"]] == ["b", "a"]  # by start within the window
     bad = CliRunner().invoke(app, ["usage", "--since", "a week"])
     assert bad.exit_code == 2 and "--since" in bad.output
+
+
+def test_xray_shows_cost_per_cluster_and_a_usage_page_by_team(priced: LogStore, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    live = _cluster("live", "alice", "ads", "h100", workers=2, gpus=8, worker_cpu=200, created=now - timedelta(hours=2))
+    row = cluster_row(live, now=now, run_statuses={}, dagster_url="http://dagster", identity=ALICE)
+    assert row.price_per_hour == pytest.approx(2 * 98.32 + 2 / 16 * 0.8)
+    assert row.cost_so_far == pytest.approx(2 * (2 * 98.32 + 2 / 16 * 0.8))
+    gone = _cluster("gone", "bob", "quests", "cpu", workers=1, gpus=0, worker_cpu=16, created=now - timedelta(hours=3))
+    rate = rates(gone.as_json(), get_catalog())
+    priced.save(gone, [], {}, deleted=now - timedelta(hours=1),
+                rate={"cpus": rate.cpus, "gpus": rate.gpus, "price_per_hour": rate.price_per_hour})  # fmt: skip
+    config = XRayConfig(auth="header", backends=("local",))
+    app_ = create_app(config, providers={"local": LocalRayProvider(tmp_path / "none")}, run_statuses=no_run_statuses,
+                      notebooks_root=tmp_path)  # fmt: skip
+    with TestClient(app_) as client:
+        report = client.get("/api/usage?days=1&by=team", headers={"X-Forwarded-User": "alice"}).json()
+        [quests] = report["totals"]
+        assert quests["team"] == "quests" and quests["cpu_hours"] == pytest.approx(2 * 18)
+        assert quests["cost"] == pytest.approx(2 * (16 / 16 * 0.8 + 2 / 16 * 0.8))
+        page = client.get("/usage?days=1&by=team", headers={"X-Forwarded-User": "alice"}).text
+        assert 'id="usage-plot"' in page and 'class="bar"' in page and 'data-group="quests"' in page
+        assert client.get("/api/usage?by=pool", headers={"X-Forwarded-User": "alice"}).status_code == 422

@@ -30,7 +30,7 @@ def usage(
     from discord_ml.cli.common import provider
     from discord_ml.cluster.backends import default_backend
     from discord_ml.cluster.duration import parse_duration
-    from discord_ml.usage import GROUPS, gather, totals
+    from discord_ml.usage import GROUPS, gather, money, totals
 
     check_output(output)
     if by not in GROUPS:
@@ -58,10 +58,3 @@ def usage(
               money(r["cost"], r["unpriced_clusters"])] for r in rows]  # fmt: skip
     title = f"usage by {by}, {end - window:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
     print_table(title, [by, "clusters", "hours", "CPU-hours", "GPU-hours", "cost"], table)
-
-
-def money(cost: float | None, unpriced: int = 0) -> str:
-    """`$12.34`, `—` with no price, and how many clusters had none beside a partial sum."""
-    if cost is None:
-        return "—"
-    return f"${cost:,.2f}" + (f" (+{unpriced} unpriced)" if unpriced else "")

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from discord_ml.cluster.provider import ClusterError, ClusterNotFoundError, ClusterProvider
-from discord_ml.xray import api, archive, pages
+from discord_ml.xray import api, archive, pages, usage_pages
 from discord_ml.xray.auth import AuthError, ForbiddenError
 from discord_ml.xray.config import XRayConfig
 from discord_ml.xray.notebooks import NotebookError
@@ -70,6 +70,8 @@ def create_app(config: XRayConfig | None = None, *, providers: Mapping[str, Clus
     app.include_router(api.router)
     app.include_router(archive.pages)
     app.include_router(archive.api)
+    app.include_router(usage_pages.pages)
+    app.include_router(usage_pages.api)
     for error, status, title in ERRORS:
         app.add_exception_handler(error, _handler(status, title))
     return app

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 from fastapi import Depends, Query, Request
 from fastapi.templating import Jinja2Templates
 
+from discord_ml.usage import money
 from discord_ml.xray.auth import Identity, check_csrf, identify
 from discord_ml.xray.service import XRayService
 from discord_ml.xray.views import Filters, human_age
@@ -65,5 +66,6 @@ def make_templates(directory: str) -> Jinja2Templates:
     templates = Jinja2Templates(directory=directory)
     templates.env.filters["age"] = human_age
     templates.env.filters["since"] = since
+    templates.env.filters["money"] = money
     templates.env.filters["bytes"] = gib
     return templates

@@ -96,6 +96,8 @@ class ClusterRow:
     href: str
     may_manage: bool
     badges: list[Badge] = field(default_factory=list[Badge])
+    price_per_hour: float | None = None  # estimated, from the pool catalog; None: the pool has no price
+    cost_so_far: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,6 +136,7 @@ def cluster_row(cluster: ClusterInfo, *, now: datetime, run_statuses: Mapping[st
     stale = staleness(cluster, lambda r: run_statuses.get(r, "UNKNOWN"), now)
     gpus, label = gpu_label(cluster)
     age = (now - cluster.created).total_seconds()
+    price = _price(cluster)
     return ClusterRow(
         key=cluster_path(cluster), name=cluster.name, namespace=cluster.namespace, backend=cluster.backend,
         owner=cluster.owner, team=cluster.team, purpose=cluster.purpose, gpu_pool=cluster.gpu_pool,
@@ -144,8 +147,19 @@ def cluster_row(cluster: ClusterInfo, *, now: datetime, run_statuses: Mapping[st
         run_status=(run_statuses.get(run_id) or "missing") if known and run_id else None,
         dagster_run_url=f"{dagster_url.rstrip('/')}/runs/{quote(run_id)}" if run_id else None,
         href=f"/clusters/{cluster_path(cluster)}", may_manage=identity.may_manage(cluster),
-        badges=[Badge(stale.kind, stale.reason)] if stale else [],
+        badges=[Badge(stale.kind, stale.reason)] if stale else [], price_per_hour=price,
+        cost_so_far=None if price is None else price * max(age, 0) / 3600,
     )  # fmt: skip
+
+
+def _price(cluster: ClusterInfo) -> float | None:
+    from discord_ml.pools import PoolError
+    from discord_ml.usage import rates
+
+    try:
+        return rates(cluster.as_json()).price_per_hour
+    except PoolError:  # a broken catalog costs the column, not the page
+        return None
 
 
 def cluster_rows(

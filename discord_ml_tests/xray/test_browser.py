@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("DML_CHROMIUM", "/usr/bin/chromium")
 SHOTS = os.environ.get("DML_XRAY_SCREENSHOTS")
-COLUMNS = ["name", "team", "owner", "purpose", "GPU", "workers", "status", "age", "links", ""]
+COLUMNS = ["name", "team", "owner", "purpose", "GPU", "workers", "status", "age", "cost", "links", ""]
 
 
 @pytest.fixture(scope="module")
