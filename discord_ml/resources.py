@@ -8,6 +8,7 @@ and deleted when the run ends (success, failure or termination).
 
 import getpass
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -233,11 +234,36 @@ class RayClusterResource(dg.ConfigurableResource):
             "ray_dashboard": dg.MetadataValue.url(job_url(connection.dashboard_url, outcome.job_id)),
             "ray_cluster": self.cluster_name,
             "ray_job_seconds": dg.MetadataValue.float(round(outcome.duration_s, 2)),
+            **self._usage_metadata(),
         }
         return [
             r._replace(metadata={**(r.metadata or {}), **extra}) if isinstance(r, dg.MaterializeResult) else r
             for r in session.get_results()
         ]
+
+    def _usage_metadata(self) -> dict[str, Any]:
+        """The run's cluster's use so far: CPU-/GPU-hours and estimated cost (absent without a price)."""
+        from discord_ml.cluster.provider import ClusterError
+        from discord_ml.pools import PoolError
+        from discord_ml.usage import usage
+
+        if self._provider is None or self._spec is None:
+            return {}
+        try:
+            info = self._provider.get(self._spec.cluster_name, namespace=self._spec.namespace)
+            now = datetime.now(UTC)
+            used = usage(info.as_json(), ended=None, window=(info.created, now))
+        except (ClusterError, PoolError):
+            return {}  # metadata is a report: it must not fail a step that succeeded
+        if used is None:
+            return {}
+        metadata: dict[str, Any] = {
+            "cluster_cpu_hours": dg.MetadataValue.float(round(used.cpu_hours, 4)),
+            "cluster_gpu_hours": dg.MetadataValue.float(round(used.gpu_hours, 4)),
+        }
+        if used.cost is not None:
+            metadata["cluster_cost_usd"] = dg.MetadataValue.float(round(used.cost, 4))
+        return metadata
 
     def _explain(self, exc: RayJobFailedError) -> str:
         """The job's failure; when the cluster itself was lost, what the provider says of it."""

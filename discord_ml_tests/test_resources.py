@@ -213,6 +213,8 @@ def test_kuberay_run_end_to_end_from_a_laptop(
     [materialization] = result.asset_materializations_for_node("ray_cluster_check")
     meta: dict[str, Any] = {k: v.value for k, v in materialization.metadata.items()}
     assert meta["tasks"] == 4 and str(meta["ray_job_id"]).startswith("raysubmit_")
+    # The cluster's use so far rides along; no cost, as the packaged pool catalog sets no prices.
+    assert meta["cluster_cpu_hours"] > 0 and meta["cluster_gpu_hours"] == 0 and "cluster_cost_usd" not in meta
     name = cluster_name_for_run("platform_check", result.run_id)
     assert meta["ray_cluster"] == name
     # The RayCluster the resource applied carried the run id and passed the CRD schema.
