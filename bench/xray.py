@@ -50,6 +50,9 @@ class StubProvider:
     def list(self, selector: Mapping[str, str] | None = None, *, namespace: str | None = None) -> list[ClusterInfo]:
         return list(self.clusters)
 
+    def preflight(self, spec: ClusterSpec) -> list[str]:
+        raise NotImplementedError
+
     def create(self, spec: ClusterSpec) -> ClusterInfo:
         raise NotImplementedError
 

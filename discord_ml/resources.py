@@ -17,7 +17,7 @@ from pydantic import Field, PrivateAttr
 
 from discord_ml.cluster.backends import get_provider
 from discord_ml.cluster.names import sanitize_label_value
-from discord_ml.cluster.provider import ClusterConnection, ClusterProvider
+from discord_ml.cluster.provider import ClusterConnection, ClusterProvider, require_capacity
 from discord_ml.cluster.spec import ClusterSpec, Purpose
 from discord_ml.jobs import RayClusterLostError, RayJobFailedError, job_url, submit_and_follow
 from discord_ml.pipes import PipesRayJobLogReader
@@ -53,6 +53,11 @@ class RayClusterResource(dg.ConfigurableResource):
     ttl: str = Field(default="4h", description="Lifetime after which the sweeper deletes the cluster.")
     cleanup: CleanupPolicy = Field(default=CleanupPolicy.ALWAYS, description="always, on_failure_keep or never.")
     ready_timeout_s: float = Field(default=600.0, gt=0, description="How long to wait for the cluster to be ready.")
+    allow_pending: bool = Field(
+        default=False,
+        description="Create the cluster even when quota or nodes cannot hold it now (it waits, up to ready_timeout_s); "
+        "by default such a run fails at once, naming what is short.",
+    )
 
     _provider: ClusterProvider | None = PrivateAttr(default=None)
     _spec: ClusterSpec | None = PrivateAttr(default=None)
@@ -127,6 +132,8 @@ class RayClusterResource(dg.ConfigurableResource):
     def _create(self, spec: ClusterSpec, log: dg.DagsterLogManager) -> None:
         provider = self._provider or get_provider(self.backend)
         log.info(f"creating Ray cluster {spec.cluster_name} ({self.backend}, {spec.gpu_pool} x {spec.workers} workers)")
+        if not self.allow_pending:
+            require_capacity(provider, spec)  # nothing is created for a cluster that cannot fit
         self._provider, self._spec, self._created = provider, spec, self._created + 1
         try:
             provider.create(spec)

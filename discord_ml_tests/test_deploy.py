@@ -176,6 +176,7 @@ def _grants_used(requests: list[tuple[str, str]]) -> tuple[set[Grant], list[str]
 def test_role_covers_every_call_the_provider_makes(kuberay_api: KubeEmulator) -> None:
     provider = KubeRayProvider()
     spec = ClusterSpec.build(name="rbac-probe", owner="pytest", workers=1, head_memory="1Gi")
+    assert provider.preflight(spec) == []  # the resource's and the CLI's capacity check
     provider.create(spec)
     try:
         provider.wait_ready("rbac-probe", timeout=120)
@@ -186,7 +187,14 @@ def test_role_covers_every_call_the_provider_makes(kuberay_api: KubeEmulator) ->
         provider.delete("rbac-probe")
     granted = _rules("Role", "discord-ml-ray-manager")
     used, cluster_wide = _grants_used(kuberay_api.requests)
-    assert cluster_wide == [], "the provider called non-namespaced endpoints, which a Role cannot grant"
+    # Nodes are cluster-scoped: the one call a Role cannot grant, granted by the node-reader ClusterRole.
+    assert cluster_wide == ["GET /api/v1/nodes"], "the provider called non-namespaced endpoints a Role cannot grant"
+    assert _rules("ClusterRole", "discord-ml-node-reader") == {("", "nodes"): {"list"}}
+    [binding] = [o for _, o in _objects() if o["kind"] == "ClusterRoleBinding"
+                 and o["roleRef"]["name"] == "discord-ml-node-reader"]  # fmt: skip
+    assert {(s["kind"], s["name"]) for s in binding["subjects"]} == {
+        ("ServiceAccount", "discord-ml-code-location"), ("Group", "team-ml")}  # fmt: skip
+    used.discard(("", "nodes", "list"))
     assert {("ray.io", "rayclusters", "create"), ("", "secrets", "create")} <= used
     missing = sorted(u for u in used if u[2] not in granted.get((u[0], u[1]), set()))
     assert missing == [], f"the provider needs grants the Role lacks: {missing}"
@@ -194,7 +202,9 @@ def test_role_covers_every_call_the_provider_makes(kuberay_api: KubeEmulator) ->
 
 def test_engineers_role_covers_every_call_from_a_laptop(kuberay_api: KubeEmulator) -> None:
     provider = KubeRayProvider(dashboard_access="port-forward")
-    provider.create(ClusterSpec.build(name="laptop-probe", owner="pytest", workers=1, head_memory="1Gi"))
+    spec = ClusterSpec.build(name="laptop-probe", owner="pytest", workers=1, head_memory="1Gi")
+    assert provider.preflight(spec) == []  # `dml cluster create`'s capacity check
+    provider.create(spec)
     try:
         provider.wait_ready("laptop-probe", timeout=120)
         connection = provider.connect("laptop-probe")
@@ -209,7 +219,8 @@ def test_engineers_role_covers_every_call_from_a_laptop(kuberay_api: KubeEmulato
     finally:
         provider.delete("laptop-probe")
     used, cluster_wide = _grants_used(kuberay_api.requests)
-    assert cluster_wide == []
+    assert cluster_wide == ["GET /api/v1/nodes"]  # the node-reader ClusterRole, bound to the group too
+    used.discard(("", "nodes", "list"))
     assert {("", "pods/portforward", "get"), ("", "pods/portforward", "create"), ("", "pods", "create")} <= used
     granted = _rules("Role", "discord-ml-ray-user")
     missing = sorted(u for u in used if u[2] not in granted.get((u[0], u[1]), set()))

@@ -79,7 +79,12 @@ def create(
     ttl: Ttl = "8h",
     purpose: PurposeOpt = Purpose.ADHOC,
     team: Annotated[str | None, typer.Option("--team", help="Owning team (label).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the manifests; create nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the manifests and check capacity (kuberay); create nothing.")
+    ] = False,
+    allow_pending: Annotated[
+        bool, typer.Option("--allow-pending", help="Create it even if quota or nodes cannot hold it now.")
+    ] = False,
     output: Annotated[
         str, typer.Option("--output", "-o", help="Manifest format with --dry-run: yaml or json.")
     ] = "yaml",
@@ -109,7 +114,9 @@ def create(
         fail("the manifests break security rules:\n" + "\n".join(f"  {v}" for v in violations))
     if dry_run:
         typer.echo(render(manifests, output))
+        _check_capacity(spec, backend, allow_pending=allow_pending, dry_run=True)
         return
+    _check_capacity(spec, backend, allow_pending=allow_pending, dry_run=False)
     info = create_and_wait(spec, backend=backend, wait=wait, timeout_s=timeout_s)
     typer.echo(
         f"cluster {info.name} is {info.status}" + (f": dashboard {info.dashboard_url}" if info.dashboard_url else "")
@@ -118,6 +125,27 @@ def create(
     typer.echo(f"  dml job submit --cluster {info.name} -- python train.py")
     typer.echo(f"  dml cluster get {info.name}")
     typer.echo(f"  dml cluster delete {info.name}")
+
+
+def _check_capacity(spec: ClusterSpec, backend: str | None, *, allow_pending: bool, dry_run: bool) -> None:
+    """Exit 2 before anything is created when the cluster cannot fit (unless --allow-pending); with
+    --dry-run on the local backend (nothing to check) stay silent, so the manifests stay offline."""
+    from discord_ml.cluster.backends import default_backend
+    from discord_ml.cluster.provider import CapacityError, ClusterError, require_capacity
+
+    if (backend or default_backend()) == "local":
+        return
+    try:
+        require_capacity(provider(backend), spec)
+    except CapacityError as exc:
+        if not allow_pending:
+            fail(str(exc))
+        typer.echo(f"warning: {exc}", err=True)
+    except ClusterError as exc:
+        fail(f"capacity could not be checked: {exc}")
+    else:
+        if dry_run:
+            typer.echo(f"capacity: {spec.cluster_name} fits (quota and nodes in {spec.namespace})", err=True)
 
 
 def create_and_wait(spec: ClusterSpec, *, backend: str | None, wait: bool, timeout_s: float) -> Any:

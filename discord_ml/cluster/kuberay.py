@@ -14,14 +14,17 @@ import base64
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal
 
+from discord_ml.cluster import capacity
 from discord_ml.cluster.archive import archive_before_delete
 from discord_ml.cluster.manifests import (
     DASHBOARD_PORT,
@@ -51,6 +54,7 @@ from discord_ml.cluster.spec import ClusterSpec
 from discord_ml.settings import get_settings
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayclusters"
+log = logging.getLogger(__name__)
 TRANSIENT = frozenset({429, 500, 502, 503, 504})
 DashboardAccess = Literal["dns", "service-ip", "port-forward"]
 DASHBOARD_ACCESS: tuple[DashboardAccess, ...] = ("dns", "service-ip", "port-forward")
@@ -96,6 +100,25 @@ class KubeRayProvider:
         self._closes_at_exit = False
 
     # --- the interface ------------------------------------------------------------------------
+
+    def preflight(self, spec: ClusterSpec) -> list[str]:
+        """The RayCluster at its starting size against the namespace's ResourceQuotas and the allocatable
+        capacity of the nodes its pods may use (read-only). Nodes are skipped where they may not be
+        listed (no ClusterRole): quota alone is then checked, and the skip is logged."""
+        namespace = str(spec.namespace)
+        groups = capacity.pod_groups(build_ray_cluster(spec))
+        requested = {**capacity.total(groups), "count/rayclusters.ray.io": Decimal(1)}
+        serialize = self.core.api_client.sanitize_for_serialization
+        quotas = serialize(self.call(self.core.list_namespaced_resource_quota, namespace).items)
+        short = capacity.quota_shortfalls(requested, quotas, namespace)
+        try:
+            nodes = serialize(self.call(self.core.list_node).items)
+        except ClusterError as exc:
+            if "(403)" not in str(exc):
+                raise
+            log.warning("node capacity not checked: %s", exc)
+            return short
+        return short + capacity.node_shortfalls(groups, nodes)
 
     def create(self, spec: ClusterSpec) -> ClusterInfo:
         """Apply the token Secret, the RayCluster and its NetworkPolicy.

@@ -43,6 +43,10 @@ class LocalRayProvider:
 
     # --- the interface ------------------------------------------------------------------------
 
+    def preflight(self, spec: ClusterSpec) -> list[str]:
+        """Nothing to check: local Ray nodes take what they are given (logical resources)."""
+        return []
+
     def create(self, spec: ClusterSpec) -> ClusterInfo:
         """Start the cluster's processes; returns once every node has registered (~10 s a node when idle).
 

@@ -42,6 +42,10 @@ class ClusterNotReadyError(ClusterError, TimeoutError):
     """A cluster did not become ready in time; the message says why (the pending reason)."""
 
 
+class CapacityError(ClusterError):
+    """A cluster cannot fit (quota or nodes); the message says what is short and by how much."""
+
+
 @dataclass(frozen=True)
 class ClusterInfo:
     """A snapshot of one cluster, whatever the backend."""
@@ -157,6 +161,11 @@ class ClusterProvider(Protocol):
 
     backend: str
 
+    def preflight(self, spec: ClusterSpec) -> list[str]:
+        """What keeps the cluster from fitting now (quota headroom, node capacity); empty when it fits.
+        Reads only; creates nothing."""
+        ...
+
     def create(self, spec: ClusterSpec) -> ClusterInfo:
         """Start creating the cluster described by `spec` (returns before it is ready).
 
@@ -201,3 +210,18 @@ class ClusterProvider(Protocol):
             ClusterNotFoundError: no such cluster.
         """
         ...
+
+
+def require_capacity(provider: ClusterProvider, spec: ClusterSpec) -> None:
+    """Refuse a cluster that cannot fit, before anything is created.
+
+    Raises:
+        CapacityError: naming each shortfall and what to do.
+    """
+    short = provider.preflight(spec)
+    if short:
+        raise CapacityError(
+            f"cluster {spec.cluster_name!r} cannot fit now: {'; '.join(short)}. Lower the workers or their size, "
+            "pick another pool, or ask for more quota; to create it anyway and let it wait, allow pending "
+            "(--allow-pending, or allow_pending in the resource's config)"
+        )

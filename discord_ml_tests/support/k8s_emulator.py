@@ -39,7 +39,7 @@ from discord_ml_tests.support.schemas import crd_errors, k8s_errors
 
 KINDS = {
     "rayclusters": "RayCluster", "rayjobs": "RayJob", "services": "Service", "pods": "Pod", "events": "Event",
-    "secrets": "Secret", "networkpolicies": "NetworkPolicy",
+    "secrets": "Secret", "networkpolicies": "NetworkPolicy", "resourcequotas": "ResourceQuota", "nodes": "Node",
 }  # fmt: skip
 _PATH = re.compile(
     r"^/(?:api/v1|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
