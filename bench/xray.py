@@ -53,6 +53,9 @@ class StubProvider:
     def preflight(self, spec: ClusterSpec) -> list[str]:
         raise NotImplementedError
 
+    def touch(self, name: str, *, namespace: str | None = None) -> None:
+        raise NotImplementedError
+
     def create(self, spec: ClusterSpec) -> ClusterInfo:
         raise NotImplementedError
 

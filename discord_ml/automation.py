@@ -1,11 +1,13 @@
 """Schedules and sensors.
 
 - The sweeper deletes Ray clusters whose Dagster run is over (a crashed run worker never reached its
-  teardown) or that outlived their TTL, and says what it deleted.
+  teardown), and idle ones past their idle timeout or TTL (never one a job, a notebook kernel or a
+  Dagster step is using), and says what it deleted and what it kept.
 - The landing sensor starts prep for every newly landed day, then the retrain of the newest day
   once its whole window has features; the daily schedule retrains on the latest complete window.
 """
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +19,9 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG as RANGE_EN
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG as RANGE_START
 
 from discord_ml.assets.quests import DataLakeResource, quests_prep_job, quests_retrain_job
+from discord_ml.cluster.activity import Activity, idle_seconds, read_activity
 from discord_ml.cluster.backends import get_provider
+from discord_ml.cluster.duration import human_age
 from discord_ml.cluster.lifecycle import staleness
 from discord_ml.cluster.manifests import MANAGED_BY
 from discord_ml.cluster.provider import ClusterInfo, ClusterProvider
@@ -28,20 +32,30 @@ from discord_ml.resources import RayClusterResource
 
 @dataclass(frozen=True)
 class SweepAction:
-    """A cluster to delete and why."""
+    """A cluster to delete (or, `delete=False`, kept although stale because it is in use) and why."""
 
     cluster: ClusterInfo
     reason: str
-    kind: str = "orphaned"  # lifecycle.Staleness.kind
+    kind: str = "orphaned"  # lifecycle.Staleness.kind, "idle", or "busy" (kept)
+    delete: bool = True
 
     def __str__(self) -> str:
         return f"{self.cluster.namespace}/{self.cluster.name} ({self.reason})"
 
 
+ActivityLookup = Callable[[ClusterInfo], Activity]
+
+
 def plan_sweep(
-    clusters: Sequence[ClusterInfo], run_status: Callable[[str], dg.DagsterRunStatus | None], now: datetime
+    clusters: Sequence[ClusterInfo],
+    run_status: Callable[[str], dg.DagsterRunStatus | None],
+    now: datetime,
+    activity: ActivityLookup | None = None,
 ) -> list[SweepAction]:
-    """Which platform-managed clusters to delete: past their TTL, or owned by a run that is over."""
+    """Which platform-managed clusters to delete: owned by a run that is over (whatever they run: the run's
+    teardown never came); past their TTL or idle longer than their idle timeout, unless something uses
+    them (`activity`: a Ray job, a busy notebook kernel, a Dagster step's heartbeat). Such busy clusters
+    come back as kept actions (`delete=False`) saying what holds them."""
 
     def status_name(run_id: str) -> str | None:
         status = run_status(run_id)
@@ -51,9 +65,29 @@ def plan_sweep(
     for cluster in clusters:
         if cluster.labels.get("app.kubernetes.io/managed-by") != MANAGED_BY:
             continue
-        stale = staleness(cluster, status_name, now)
-        if stale is not None:
-            actions.append(SweepAction(cluster, stale.reason, stale.kind))
+        run_stale = staleness(dataclasses.replace(cluster, ttl_seconds=None), status_name, now)
+        if run_stale is not None:
+            actions.append(SweepAction(cluster, run_stale.reason, run_stale.kind))
+            continue
+        expired = staleness(cluster, status_name, now)
+        timeout = cluster.idle_timeout_seconds
+        quiet_since = max(cluster.created, cluster.last_active or cluster.created)
+        maybe_idle = timeout is not None and (now - quiet_since).total_seconds() > timeout
+        if expired is None and not maybe_idle:
+            continue
+        seen = activity(cluster) if activity is not None else Activity()
+        if seen.busy:
+            why = expired.reason if expired else "idle timeout reached by the last heartbeat"
+            actions.append(SweepAction(cluster, f"kept, {why}, but in use: {', '.join(seen.busy)}", "busy", False))
+        elif expired is not None:
+            actions.append(SweepAction(cluster, expired.reason, expired.kind))
+        else:
+            idle = idle_seconds(cluster, seen, now) or 0.0
+            if timeout is not None and idle > timeout:
+                since = (now - timedelta(seconds=idle)).strftime("%Y-%m-%d %H:%M:%S")
+                why = (f"idle for {human_age(idle)} (timeout {human_age(timeout)}): no Ray job, busy notebook kernel "
+                       f"or Dagster step since {since}")  # fmt: skip
+                actions.append(SweepAction(cluster, why, "idle"))
     return actions
 
 
@@ -69,35 +103,39 @@ def instance_run_status(instance: dg.DagsterInstance) -> Callable[[str], dg.Dags
 
 def sweep(provider: ClusterProvider, run_status: Callable[[str], dg.DagsterRunStatus | None] | None, *,
           now: datetime | None = None, dry_run: bool = False) -> list[SweepAction]:  # fmt: skip
-    """Plan the sweep over the provider's clusters and (unless `dry_run`) delete them.
+    """Plan the sweep over the provider's clusters and (unless `dry_run`) delete those to delete; their
+    job logs are archived first (the provider's delete).
 
-    Without `run_status` (no Dagster instance to ask) only expired clusters are swept.
+    Without `run_status` (no Dagster instance to ask) only expired and idle clusters are swept.
     """
     run_status = run_status or (lambda _: dg.DagsterRunStatus.STARTED)  # unknown runs count as alive
-    actions = plan_sweep(
-        provider.list({"app.kubernetes.io/managed-by": MANAGED_BY}), run_status, now or datetime.now(UTC)
-    )
+    now = now or datetime.now(UTC)
+    actions = plan_sweep(provider.list({"app.kubernetes.io/managed-by": MANAGED_BY}), run_status, now,
+                         lambda cluster: read_activity(provider, cluster, now=now))  # fmt: skip
     if not dry_run:
         for action in actions:
-            provider.delete(action.cluster.name, namespace=action.cluster.namespace)
+            if action.delete:
+                provider.delete(action.cluster.name, namespace=action.cluster.namespace)
     return actions
 
 
 @dg.sensor(
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Deletes Ray clusters whose Dagster run has ended or that outlived their TTL.",
+    description="Deletes Ray clusters whose Dagster run has ended, and idle ones past their idle timeout or TTL.",
 )
 def ray_cluster_sweeper(context: dg.SensorEvaluationContext, ray_cluster: RayClusterResource) -> dg.SkipReason:
     provider = get_provider(ray_cluster.backend)
     actions = sweep(provider, instance_run_status(context.instance))
     for action in actions:
-        context.log.info(f"deleted Ray cluster {action}")
+        context.log.info(f"{'deleted' if action.delete else 'kept'} Ray cluster {action}")
         if action.kind == "crashed" and action.cluster.run_id:
             _fail_crashed_run(context.instance, action)
+    deleted = [a for a in actions if a.delete]
     if not actions:
-        return dg.SkipReason("no orphaned or expired Ray clusters")
-    return dg.SkipReason(f"deleted {len(actions)} Ray cluster(s): " + "; ".join(str(a) for a in actions))
+        return dg.SkipReason("no orphaned, expired or idle Ray clusters")
+    return dg.SkipReason(f"deleted {len(deleted)} Ray cluster(s); kept {len(actions) - len(deleted)} in use: "
+                         + "; ".join(str(a) for a in actions))  # fmt: skip
 
 
 def _fail_crashed_run(instance: dg.DagsterInstance, action: SweepAction) -> None:

@@ -73,6 +73,9 @@ class GpuPool(BaseModel):
     max_workers: int = Field(ge=1, le=1000, description="Most workers one cluster may have in this pool.")
     priority_class: str | None = Field(default=None, description="PriorityClass of the pool's pods, if any.")
     kueue_queue: str | None = Field(default=None, description="Kueue LocalQueue clusters of this pool are queued on.")
+    idle_timeout: str | None = Field(
+        default=None, description="Idle time after which the sweeper deletes a cluster of this pool (e.g. `30m`)."
+    )
     price_per_node_hour: float | None = Field(
         default=None, ge=0, description="What one node of the pool costs per hour (set by operators; cost estimates)."
     )

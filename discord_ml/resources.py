@@ -6,8 +6,10 @@ created by the first step that submits a job (after that step validated its conf
 and deleted when the run ends (success, failure or termination).
 """
 
+import contextlib
 import getpass
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -218,16 +220,17 @@ class RayClusterResource(dg.ConfigurableResource):
                     context.log.info(line)
 
             try:
-                outcome = submit_and_follow(
-                    connection.dashboard_url,
-                    entrypoint=entrypoint,
-                    headers=connection.headers,
-                    runtime_env={**base, "env_vars": env_vars},
-                    on_line=on_line,
-                    on_submitted=lambda job_id: context.log.info(
-                        f"submitted Ray job {job_id}: {job_url(connection.dashboard_url, job_id)}"
-                    ),
-                )
+                with self._heartbeat(context.log):
+                    outcome = submit_and_follow(
+                        connection.dashboard_url,
+                        entrypoint=entrypoint,
+                        headers=connection.headers,
+                        runtime_env={**base, "env_vars": env_vars},
+                        on_line=on_line,
+                        on_submitted=lambda job_id: context.log.info(
+                            f"submitted Ray job {job_id}: {job_url(connection.dashboard_url, job_id)}"
+                        ),
+                    )
             except RayJobFailedError as exc:
                 raise dg.Failure(
                     description=self._explain(exc),
@@ -247,6 +250,36 @@ class RayClusterResource(dg.ConfigurableResource):
             r._replace(metadata={**(r.metadata or {}), **extra}) if isinstance(r, dg.MaterializeResult) else r
             for r in session.get_results()
         ]
+
+    @contextlib.contextmanager
+    def _heartbeat(self, log: dg.DagsterLogManager) -> Iterator[None]:
+        """While the step runs, tell the provider every minute that it holds the cluster, so idle reaping
+        never takes a cluster from a running step (whatever its jobs are doing)."""
+        from discord_ml.cluster.activity import HEARTBEAT_S
+        from discord_ml.cluster.provider import ClusterError
+
+        provider, spec = self._provider, self._spec
+        if provider is None or spec is None:
+            yield
+            return
+        stop = threading.Event()
+
+        def beat() -> None:
+            while True:
+                try:
+                    provider.touch(spec.cluster_name, namespace=spec.namespace)
+                except ClusterError as exc:  # the job's own follower reports a lost cluster
+                    log.debug(f"heartbeat for {spec.cluster_name} not recorded: {exc}")
+                if stop.wait(HEARTBEAT_S):
+                    return
+
+        thread = threading.Thread(target=beat, name=f"heartbeat {spec.cluster_name}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=30)
 
     def _usage_metadata(self) -> dict[str, Any]:
         """The run's cluster's use so far: CPU-/GPU-hours and estimated cost (absent without a price)."""

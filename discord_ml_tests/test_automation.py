@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from discord_ml.automation import plan_sweep, ray_cluster_sweeper
+from discord_ml.cluster.activity import Activity
 from discord_ml.cluster.local import cluster_dir_prefix
 from discord_ml.cluster.local_provider import LocalRayProvider
 from discord_ml.cluster.processes import processes_using
@@ -26,6 +27,8 @@ def _info(
     age: timedelta = timedelta(minutes=5),
     managed: bool = True,
     creator_alive: bool | None = None,
+    idle_timeout: int | None = None,
+    last_active: datetime | None = None,
 ) -> ClusterInfo:
     labels = {"app.kubernetes.io/managed-by": "discord-ml" if managed else "someone-else"}
     if run_id:
@@ -33,7 +36,8 @@ def _info(
     return ClusterInfo(name=name, namespace="ml", backend="local", owner="o", team="t", purpose="train", gpu_pool="cpu",
                        gpu_type="none", gpus_per_worker=0, workers_ready=1, workers_desired=1,
                        status=ClusterStatus.READY, reason="", created=NOW - age, dashboard_url=None, labels=labels,
-                       ttl_seconds=3600, creator_alive=creator_alive)  # fmt: skip
+                       ttl_seconds=3600, creator_alive=creator_alive, idle_timeout_seconds=idle_timeout,
+                       last_active=last_active)  # fmt: skip
 
 
 def test_plan_sweep_reasons() -> None:
@@ -55,6 +59,35 @@ def test_plan_sweep_reasons() -> None:
         "crashed": "its Dagster run live is STARTED but the process that ran it is gone (the run worker crashed)",
         "expired": "past its TTL: 7200s old, TTL 3600s",
     }
+
+
+def test_plan_sweep_keeps_clusters_in_use_and_reaps_idle_ones() -> None:
+    busy = {"busy-expired", "busy-idle", "orphan-busy"}
+    last_seen = {"quiet": NOW - timedelta(minutes=50), "recently-used": NOW - timedelta(minutes=10)}
+
+    def activity(cluster: ClusterInfo) -> Activity:
+        if cluster.name in busy:
+            return Activity(busy=["Ray job raysubmit_1 running"], last=NOW)
+        return Activity(last=last_seen.get(cluster.name))
+
+    clusters = [
+        _info("busy-expired", age=timedelta(hours=2)),  # past its TTL but a job runs: kept
+        _info("busy-idle", age=timedelta(minutes=50), idle_timeout=1800),
+        _info("orphan-busy", run_id="done"),  # its run is over: deleted even with a job left running
+        _info("quiet", age=timedelta(minutes=55), idle_timeout=1800),
+        _info("recently-used", age=timedelta(minutes=55), idle_timeout=1800),  # a job ended 10 min ago
+        _info("heartbeat", age=timedelta(minutes=55), idle_timeout=1800, last_active=NOW - timedelta(minutes=2)),
+    ]
+    planned = {
+        a.cluster.name: a for a in plan_sweep(clusters, {"done": dg.DagsterRunStatus.SUCCESS}.get, NOW, activity)
+    }
+    assert {n: (a.kind, a.delete) for n, a in planned.items()} == {
+        "busy-expired": ("busy", False), "busy-idle": ("busy", False), "orphan-busy": ("orphaned", True),
+        "quiet": ("idle", True)}  # fmt: skip
+    assert planned["busy-expired"].reason == (
+        "kept, past its TTL: 7200s old, TTL 3600s, but in use: Ray job raysubmit_1 running"
+    )
+    assert planned["quiet"].reason.startswith("idle for 50m (timeout 30m): no Ray job, busy notebook kernel or Dagster")
 
 
 @pytest.mark.slow

@@ -223,6 +223,8 @@ def test_kuberay_run_end_to_end_from_a_laptop(
     messages = [r.user_message for r in dagster_instance.all_logs(result.run_id)]
     assert [m.split(" ")[1] for m in messages if m.startswith("task ")] == [f"{i}/4" for i in range(1, 5)]
     assert [r for r in kuberay_api.requests if r[1].endswith("/portforward")]
+    # The step heartbeated on its cluster while it ran (idle reaping waits for it).
+    assert ("PATCH", f"/apis/ray.io/v1/namespaces/ml/rayclusters/{name}") in kuberay_api.requests
     assert kuberay_api.ray_clusters() == []
     assert processes_using(str(cluster_dir_prefix(name))) == []
     deadline = time.monotonic() + 10

@@ -36,14 +36,18 @@ Workers = Annotated[int, typer.Option("--workers", "-w", help="Worker replicas."
 Memory = Annotated[str | None, typer.Option("--memory", help="Memory per worker, e.g. 64Gi.")]
 Cpu = Annotated[str | None, typer.Option("--cpu", help="CPU per worker, e.g. 16.")]
 Image = Annotated[str | None, typer.Option("--image", help="Ray image (allow-listed registry, pinned tag).")]
-Ttl = Annotated[str, typer.Option("--ttl", help="Lifetime before the sweeper deletes it, e.g. 4h.")]
+Ttl = Annotated[str, typer.Option("--ttl", help="Lifetime before the sweeper deletes it (when idle), e.g. 4h.")]
+IdleTimeout = Annotated[
+    str | None, typer.Option("--idle-timeout", help="Idle time before the sweeper deletes it, e.g. 30m, or off "
+                             "(default: the pool's).")
+]  # fmt: skip
 PurposeOpt = Annotated[Purpose, typer.Option("--purpose", help="What the cluster is for.")]
 
 
 def build_spec(
     *, name: str | None, gpus: str | None, pool: str | None, workers: int, memory: str | None, cpu: str | None,
     image: str | None, namespace: str | None, ttl: str, purpose: Purpose, owner: str | None = None,
-    team: str | None = None,
+    team: str | None = None, idle_timeout: str | None = None,
 ) -> ClusterSpec:  # fmt: skip
     """A validated spec from CLI flags, or exit 2 naming the problem and the fix."""
     if gpus and pool:
@@ -51,7 +55,7 @@ def build_spec(
     fields: dict[str, Any] = {"gpu_pool": gpus or pool or "cpu", "workers": workers, "ttl": ttl, "purpose": purpose,
                               "owner": owner or current_owner()}  # fmt: skip
     optional = {"name": name, "worker_memory": memory, "worker_cpu": cpu, "image": image, "namespace": namespace,
-                "team": team}  # fmt: skip
+                "team": team, "idle_timeout": idle_timeout}  # fmt: skip
     fields.update({k: v for k, v in optional.items() if v is not None})
     try:
         return ClusterSpec.build(**fields)
@@ -77,6 +81,7 @@ def create(
     image: Image = None,
     namespace: Namespace = None,
     ttl: Ttl = "8h",
+    idle_timeout: IdleTimeout = None,
     purpose: PurposeOpt = Purpose.ADHOC,
     team: Annotated[str | None, typer.Option("--team", help="Owning team (label).")] = None,
     dry_run: Annotated[
@@ -104,7 +109,7 @@ def create(
     except ValueError as exc:
         fail(str(exc))
     spec = build_spec(name=name, gpus=gpus, pool=pool, workers=workers, memory=memory, cpu=cpu, image=image,
-                      namespace=namespace, ttl=ttl, purpose=purpose, team=team)  # fmt: skip
+                      namespace=namespace, ttl=ttl, purpose=purpose, team=team, idle_timeout=idle_timeout)  # fmt: skip
     from discord_ml.cluster.manifests import build_cluster_manifests
     from discord_ml.cluster.security import validate_manifests
 

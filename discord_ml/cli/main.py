@@ -78,7 +78,7 @@ def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")] = False,
     backend: Backend = None,
 ) -> None:
-    """Delete orphaned and expired clusters: the same sweep as the Dagster sensor, by hand.
+    """Delete orphaned, expired and idle clusters (never busy ones): the Dagster sensor's sweep, by hand.
 
     With DAGSTER_HOME set, clusters whose Dagster run has ended are swept too; without it only
     clusters past their TTL.
@@ -94,7 +94,7 @@ def gc(
         typer.echo("DAGSTER_HOME is not set: only clusters past their TTL are swept", err=True)
     actions = sweep(provider(backend), run_status, dry_run=dry_run)
     for action in actions:
-        typer.echo(f"{'would delete' if dry_run else 'deleted'} {action}")
+        typer.echo(f"{('would delete' if dry_run else 'deleted') if action.delete else 'kept'} {action}")
     if not actions:
         typer.echo("nothing to sweep")
 

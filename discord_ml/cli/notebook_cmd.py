@@ -40,20 +40,27 @@ def notebook(
         return
     if delete:
         fail("--delete is for kuberay notebook pods; a local notebook stops with Ctrl-C")
+    from discord_ml.cluster.activity import record_notebook
     from discord_ml.notebooks import jupyter_launch
 
     try:
         connection = provider(backend).connect(cluster, namespace=namespace)
     except ClusterError as exc:
         fail(str(exc))
+    token = secrets.token_urlsafe(24)
     launch = jupyter_launch(connection, cluster, host="127.0.0.1", port=port, notebook_dir=notebook_dir,
-                            lab_token=secrets.token_urlsafe(24))  # fmt: skip
+                            lab_token=token)  # fmt: skip
     typer.echo(f"JupyterLab attached to {cluster} ({launch.ray_address}): {launch.url}")
     typer.echo("stop it with Ctrl-C", err=True)
+    process = subprocess.Popen(launch.argv, env=launch.env)
+    record = record_notebook(info.namespace, cluster, url=f"http://127.0.0.1:{port}", token=token, pid=process.pid)
     try:
-        raise typer.Exit(subprocess.call(launch.argv, env=launch.env))
+        raise typer.Exit(process.wait())
     except KeyboardInterrupt:
+        process.wait()
         raise typer.Exit(0) from None
+    finally:
+        record.unlink(missing_ok=True)
 
 
 def _kuberay_notebook(cluster: str, namespace: str, *, port: int, delete: bool) -> None:

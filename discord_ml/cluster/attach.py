@@ -36,11 +36,11 @@ def token_file(connection: ClusterConnection, *, home: Path, namespace: str, nam
     directory = home / "tokens"
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / f"{namespace}.{name}"
-    _atomic_private_write(path, connection.token)
+    write_private(path, connection.token)
     return path
 
 
-def _atomic_private_write(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write `text` to `path` with mode 0600, all or nothing."""
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
@@ -63,7 +63,7 @@ def record_session(connection: ClusterConnection, *, home: Path, namespace: str,
     path = session_path(home=home, namespace=namespace, name=name)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     record = {"pid": os.getpid(), "dashboard_url": connection.dashboard_url, "address": connection.address}
-    _atomic_private_write(path, json.dumps(record))
+    write_private(path, json.dumps(record))
     return path
 
 

@@ -27,7 +27,9 @@ from typing import Any, Literal
 from discord_ml.cluster import capacity
 from discord_ml.cluster.archive import archive_before_delete
 from discord_ml.cluster.manifests import (
+    ACTIVE_ANNOTATION,
     DASHBOARD_PORT,
+    IDLE_ANNOTATION,
     LABEL_PREFIX,
     RAY_CLIENT_PORT,
     TTL_ANNOTATION,
@@ -223,6 +225,12 @@ class KubeRayProvider:
             host = f"{name}-head-svc.{namespace}.svc.cluster.local"
         return ClusterConnection(f"http://{host}:{port}", headers)
 
+    def touch(self, name: str, *, namespace: str | None = None) -> None:
+        """Record a heartbeat as the RayCluster's last-active annotation (a merge patch)."""
+        namespace = namespace or get_settings().default_namespace
+        patch = {"metadata": {"annotations": {ACTIVE_ANNOTATION: datetime.now(UTC).isoformat()}}}
+        self.call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, patch)
+
     def forward(self, name: str, *, namespace: str | None = None, remote_port: int, local_port: int = 0,
                 pod: str | None = None) -> PortForward:  # fmt: skip
         """A local port carried to `remote_port` of the cluster's head pod (or of its pod named `pod`, a
@@ -365,7 +373,8 @@ class KubeRayProvider:
                 ClusterStatus.PENDING,
                 head.get("message") or head.get("reason") or "waiting for the operator",
             )
-        ttl = (meta.get("annotations") or {}).get(TTL_ANNOTATION)
+        annotations = meta.get("annotations") or {}
+        ttl, idle, active = (annotations.get(k) for k in (TTL_ANNOTATION, IDLE_ANNOTATION, ACTIVE_ANNOTATION))
         name, namespace = meta["name"], meta.get("namespace", "")
         service_ip = (status.get("head") or {}).get("serviceIP")
         port = (status.get("endpoints") or {}).get("dashboard", str(DASHBOARD_PORT))
@@ -387,6 +396,8 @@ class KubeRayProvider:
             dashboard_url=f"http://{service_ip}:{port}" if service_ip and state == ClusterStatus.READY else None,
             labels=labels,
             ttl_seconds=int(ttl) if ttl and ttl.isdigit() else None,
+            idle_timeout_seconds=int(idle) if idle and idle.isdigit() else None,
+            last_active=datetime.fromisoformat(active) if active else None,
             head_cpu=_requested_cpu(head_template),
             worker_cpu=next((_requested_cpu(g.get("template", {})) for g in groups), 0.0),
         )

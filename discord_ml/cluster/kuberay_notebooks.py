@@ -41,6 +41,7 @@ class NotebookPod:
     phase: str  # Pending, Running, Failed, ...
     ready: bool
     created: datetime | None
+    ip: str | None = None  # the pod's IP (in-cluster callers reach JupyterLab there)
 
 
 class KubeRayNotebooks:
@@ -140,4 +141,5 @@ class KubeRayNotebooks:
             phase=obj.status.phase or "Pending",
             ready=obj.status.phase == "Running" and conditions.get("Ready") == "True",
             created=obj.metadata.creation_timestamp,
+            ip=obj.status.pod_ip,
         )

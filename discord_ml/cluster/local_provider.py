@@ -122,6 +122,11 @@ class LocalRayProvider:
         self._handle(record).stop()
         self.registry.remove(namespace, name)
 
+    def touch(self, name: str, *, namespace: str | None = None) -> None:
+        """Record a heartbeat of whatever uses the cluster now."""
+        record = self._record(name, namespace)
+        self.registry.update(record.namespace, record.name, last_active=datetime.now(UTC).isoformat())
+
     def connect(self, name: str, *, namespace: str | None = None) -> ClusterConnection:
         """Dashboard URL, auth headers and GCS address of a local cluster."""
         record = self._record(name, namespace)
@@ -203,6 +208,8 @@ class LocalRayProvider:
             creator_alive=_creator_alive(record),
             head_cpu=float(parse_quantity(spec.head_cpu)),
             worker_cpu=float(parse_quantity(spec.worker_cpu or "1")),
+            idle_timeout_seconds=spec.idle_timeout_seconds,
+            last_active=record.last_active,
         )
 
 

@@ -24,6 +24,8 @@ RAY_API_VERSION = "ray.io/v1"
 LABEL_PREFIX = "discord-ml.io"
 MANAGED_BY = "discord-ml"
 TTL_ANNOTATION = f"{LABEL_PREFIX}/ttl-seconds"
+IDLE_ANNOTATION = f"{LABEL_PREFIX}/idle-timeout-seconds"
+ACTIVE_ANNOTATION = f"{LABEL_PREFIX}/last-active"  # heartbeats of the Dagster step holding the cluster
 RUN_ID_LABEL = "dagster.io/run-id"
 JOB_LABEL = "dagster.io/job"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -198,6 +200,8 @@ def _metadata(spec: ClusterSpec, pool: GpuPool, name: str) -> dict[str, Any]:
     if pool.kueue_queue:
         labels[KUEUE_QUEUE_LABEL] = pool.kueue_queue
     annotations = {**spec.annotations, TTL_ANNOTATION: str(spec.ttl_seconds)}
+    if spec.idle_timeout_seconds is not None:
+        annotations[IDLE_ANNOTATION] = str(spec.idle_timeout_seconds)
     return {"name": name, "namespace": spec.namespace, "labels": labels, "annotations": annotations}
 
 

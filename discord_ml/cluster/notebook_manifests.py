@@ -121,13 +121,15 @@ def build_notebook_pod(
 
 
 def build_notebook_network_policy(pod: dict[str, Any], *, platform_namespace: str) -> dict[str, Any]:
-    """Ingress to JupyterLab only from the platform's auth proxy (a port-forward enters the pod through
-    the kubelet, which no NetworkPolicy governs); egress only to its cluster's head and to DNS."""
+    """Ingress to JupyterLab only from the platform namespace (its auth proxy; the sweeper reading kernel
+    activity; a port-forward enters through the kubelet, which no NetworkPolicy governs);
+    egress only to its cluster's head and to DNS."""
     meta = pod["metadata"]
     cluster = meta["labels"][NOTEBOOK_LABEL]
-    proxy = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": platform_namespace}},
-             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "oauth2-proxy"}}}  # fmt: skip
     dns = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    # The platform namespace, as for Ray dashboards: its auth proxy, and the sweeper asking the kernels
+    # whether they are busy.
+    platform = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": platform_namespace}}}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -135,7 +137,7 @@ def build_notebook_network_policy(pod: dict[str, Any], *, platform_namespace: st
         "spec": {
             "podSelector": {"matchLabels": {"app.kubernetes.io/instance": meta["name"], NOTEBOOK_LABEL: cluster}},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"from": [proxy], "ports": [{"protocol": "TCP", "port": JUPYTER_PORT}]}],
+            "ingress": [{"from": [platform], "ports": [{"protocol": "TCP", "port": JUPYTER_PORT}]}],
             "egress": [
                 {"to": [{"podSelector": {"matchLabels": {"ray.io/cluster": cluster, "ray.io/node-type": "head"}}}],
                  "ports": [{"protocol": "TCP", "port": RAY_CLIENT_PORT}, {"protocol": "TCP", "port": DASHBOARD_PORT}]},

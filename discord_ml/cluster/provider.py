@@ -72,6 +72,8 @@ class ClusterInfo:
     creator_alive: bool | None = None
     head_cpu: float = 0.0  # CPUs requested by the head (usage and cost)
     worker_cpu: float = 0.0  # CPUs requested by each worker
+    idle_timeout_seconds: int | None = None  # the sweeper deletes it after this long idle; None: never
+    last_active: datetime | None = None  # the last heartbeat of a Dagster step holding it
 
     @property
     def run_id(self) -> str | None:
@@ -91,6 +93,8 @@ class ClusterInfo:
             "workers_desired": self.workers_desired, "status": str(self.status), "reason": self.reason,
             "created": self.created.isoformat(), "dashboard_url": self.dashboard_url, "labels": dict(self.labels),
             "ttl_seconds": self.ttl_seconds, "head_cpu": self.head_cpu, "worker_cpu": self.worker_cpu,
+            "idle_timeout_seconds": self.idle_timeout_seconds,
+            "last_active": self.last_active.isoformat() if self.last_active else None,
         }  # fmt: skip
 
 
@@ -201,6 +205,10 @@ class ClusterProvider(Protocol):
 
     def connect(self, name: str, *, namespace: str | None = None) -> ClusterConnection:
         """Dashboard URL and auth headers for the Ray Jobs API of a ready cluster."""
+        ...
+
+    def touch(self, name: str, *, namespace: str | None = None) -> None:
+        """Record that something (a Dagster step) is using the cluster now: idle reaping waits."""
         ...
 
     def events(self, name: str, *, namespace: str | None = None, limit: int = 20) -> list[ClusterEvent]:

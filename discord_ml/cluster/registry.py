@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS clusters (
     state TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
     creator TEXT NOT NULL DEFAULT '{}',
+    last_active TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (namespace, name)
 )
 """
@@ -50,6 +51,7 @@ class ClusterRecord:
     state: str  # "starting" | "running" | "failed"
     reason: str = ""
     creator: dict[str, int] = field(default_factory=dict[str, int])  # {"pid", "start"} of the creating process
+    last_active: datetime | None = None  # the last heartbeat of a Dagster step using it
 
 
 class LocalRegistry:
@@ -60,9 +62,12 @@ class LocalRegistry:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute(_SCHEMA)
-            # Registries written before the creator was recorded get the column (no creator known).
-            if "creator" not in {row["name"] for row in db.execute("PRAGMA table_info(clusters)")}:
+            # Registries written before these columns existed get them (no creator, no heartbeat known).
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(clusters)")}
+            if "creator" not in columns:
                 db.execute("ALTER TABLE clusters ADD COLUMN creator TEXT NOT NULL DEFAULT '{}'")
+            if "last_active" not in columns:
+                db.execute("ALTER TABLE clusters ADD COLUMN last_active TEXT NOT NULL DEFAULT ''")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -131,4 +136,5 @@ def _record(row: sqlite3.Row) -> ClusterRecord:
         state=row["state"],
         reason=row["reason"],
         creator=json.loads(row["creator"] or "{}"),
+        last_active=datetime.fromisoformat(row["last_active"]) if row["last_active"] else None,
     )

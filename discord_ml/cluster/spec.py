@@ -31,6 +31,7 @@ from discord_ml.pools import GpuPool, PoolCatalog, PoolError, get_catalog
 from discord_ml.settings import get_settings
 
 MIN_TTL_SECONDS = 10 * 60
+MIN_IDLE_SECONDS = 5 * 60
 MAX_TTL_SECONDS = 7 * 24 * 3600
 MIN_MEMORY = 512 * 2**20
 RESERVED_LABEL_PREFIXES = ("discord-ml.io/", "app.kubernetes.io/", "ray.io/", "dagster.io/")
@@ -89,6 +90,11 @@ class ClusterSpec(BaseModel):
     )
     ttl: str | int = Field(
         default="8h", description="How long the cluster may live before the sweeper deletes it (10m..7d)."
+    )
+    idle_timeout: str | int | None = Field(
+        default=None,
+        description="How long the cluster may sit idle (no Ray job, busy notebook kernel or Dagster step) before the "
+        "sweeper deletes it (5m..7d, or 'off'); default: the pool's.",
     )
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the cluster and its pods.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on the cluster.")
@@ -155,6 +161,16 @@ class ClusterSpec(BaseModel):
             raise ValueError(f"ttl {value!r} is outside the allowed range; use between 10m and 7d")
         return format_duration(seconds)
 
+    @field_validator("idle_timeout")
+    @classmethod
+    def _idle_timeout(cls, value: str | int | None) -> str | None:
+        if value is None or value == "off":
+            return None if value is None else "off"
+        seconds = parse_duration(value, field="idle_timeout")
+        if not MIN_IDLE_SECONDS <= seconds <= MAX_TTL_SECONDS:
+            raise ValueError(f"idle_timeout {value!r} is outside the allowed range; use between 5m and 7d, or 'off'")
+        return format_duration(seconds)
+
     @field_validator("labels", "annotations")
     @classmethod
     def _metadata(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
@@ -205,6 +221,7 @@ class ClusterSpec(BaseModel):
         gpus = self.gpus_per_worker or 0
         self.worker_cpu = self.worker_cpu or pool.default_cpu(gpus)
         self.worker_memory = self.worker_memory or pool.default_memory(gpus)
+        self.idle_timeout = self.idle_timeout or pool.idle_timeout
         _fits(pool, "worker_cpu", self.worker_cpu, pool.node_cpu, pool.cpu_per_node)
         _fits(pool, "worker_memory", self.worker_memory, pool.node_memory, pool.memory_per_node)
         if self.name is None:
@@ -272,6 +289,13 @@ class ClusterSpec(BaseModel):
     def ttl_seconds(self) -> int:
         """The TTL in seconds."""
         return parse_duration(self.ttl, field="ttl")
+
+    @property
+    def idle_timeout_seconds(self) -> int | None:
+        """Idle seconds before the sweeper deletes the cluster; None: never for idleness."""
+        if self.idle_timeout in (None, "off"):
+            return None
+        return parse_duration(self.idle_timeout, field="idle_timeout")
 
     @property
     def cluster_name(self) -> str:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from discord_ml.cluster.activity import record_notebook
 from discord_ml.cluster.processes import free_ports, log_tail
 from discord_ml.cluster.provider import ClusterConnection
 from discord_ml.notebooks import jupyter_launch
@@ -49,7 +50,8 @@ class NotebookSessions:
         session = self._sessions.get(key)
         return session if session is not None and session.alive else None
 
-    def launch(self, key: str, cluster: str, connection: ClusterConnection, user: str) -> NotebookSession:
+    def launch(self, key: str, cluster: str, connection: ClusterConnection, user: str, *,
+               namespace: str) -> NotebookSession:  # fmt: skip
         """The cluster's running notebook, or a new one once it answers.
 
         Raises:
@@ -62,8 +64,9 @@ class NotebookSessions:
             port = free_ports(1)[0]
             folder = self.root / key.replace("/", "_")
             folder.mkdir(parents=True, exist_ok=True)
+            token = secrets.token_urlsafe(24)
             launch = jupyter_launch(connection, cluster, host=self.host, port=port, notebook_dir=folder,
-                                    lab_token=secrets.token_urlsafe(24))  # fmt: skip
+                                    lab_token=token)  # fmt: skip
             log = folder / "jupyter.log"
             with log.open("wb") as out:
                 process = subprocess.Popen(launch.argv, env=launch.env, stdout=out, stderr=subprocess.STDOUT,
@@ -71,6 +74,8 @@ class NotebookSessions:
             session = NotebookSession(key, launch.url, process, log, user)
             self._wait_listening(session, port)
             self._sessions[key] = session
+            # The sweeper asks its kernels whether the cluster is in use.
+            record_notebook(namespace, cluster, url=f"http://{self.host}:{port}", token=token, pid=process.pid)
             return session
 
     def _wait_listening(self, session: NotebookSession, port: int) -> None:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
+from discord_ml.cluster.activity import idle_seconds, read_activity
+from discord_ml.cluster.duration import human_age
 from discord_ml.cluster.names import sanitize_label_value
 from discord_ml.cluster.provider import (
     ClusterError,
@@ -57,6 +59,7 @@ class ClusterDetail:
     notebook_url: str | None = None
     notebook_pods: list[NotebookPod] = field(default_factory=list)  # kuberay: next to the cluster
     notebooks_error: str | None = None
+    activity: str = ""  # "in use: Ray job x running" or "idle for 12m (idle timeout 30m)"
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,17 @@ class XRayService:
             except ClusterError as exc:
                 detail.notebooks_error = f"notebook pods could not be listed: {exc}"
 
-        await asyncio.gather(provider_events(), from_dashboard(), notebook_pods())
+        async def activity() -> None:
+            now = datetime.now(UTC)
+            seen = await run_in_threadpool(lambda: read_activity(provider, cluster, now=now, timeout=5.0))
+            idle = idle_seconds(cluster, seen, now)
+            timeout = cluster.idle_timeout_seconds
+            limit = f"idle timeout {human_age(timeout)}" if timeout else "no idle timeout"
+            detail.activity = (
+                f"in use: {', '.join(seen.busy)}" if idle is None else f"idle for {human_age(idle)} ({limit})"
+            )
+
+        await asyncio.gather(provider_events(), from_dashboard(), notebook_pods(), activity())
         return detail
 
     @staticmethod
@@ -212,5 +225,7 @@ class XRayService:
             connection = await run_in_threadpool(lambda: provider.connect(name, namespace=namespace))
         except ClusterError as exc:
             raise DashboardUnavailable(f"no notebook: {exc}") from exc
-        session = await run_in_threadpool(self.notebooks.launch, cluster_path(cluster), name, connection, identity.user)
+        session = await run_in_threadpool(
+            lambda: self.notebooks.launch(cluster_path(cluster), name, connection, identity.user, namespace=namespace)
+        )
         return NotebookLaunch(session.started_by, url=session.url)

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+from discord_ml.cluster.duration import human_age
 from discord_ml.cluster.lifecycle import staleness
 from discord_ml.cluster.provider import ClusterInfo, ClusterStatus
 from discord_ml.xray.auth import Identity
@@ -106,18 +107,6 @@ class ClusterRow:
 def cluster_path(cluster: ClusterInfo) -> str:
     """The cluster's path under X-Ray's pages and API: /<backend>/<namespace>/<name>."""
     return "/".join(quote(part, safe="") for part in (cluster.backend, cluster.namespace, cluster.name))
-
-
-def human_age(seconds: float) -> str:
-    """34s, 12m, 5h3m, 2d4h."""
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60}m" if s % 3600 >= 60 else f"{s // 3600}h"
-    return f"{s // 86400}d{s % 86400 // 3600}h"
 
 
 def gpu_label(cluster: ClusterInfo) -> tuple[int, str]:

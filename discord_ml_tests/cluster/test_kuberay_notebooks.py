@@ -9,13 +9,9 @@ import re
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
-import websocket
 
 from discord_ml.cluster.kuberay import KubeRayProvider
 from discord_ml.cluster.kuberay_notebooks import KubeRayNotebooks
@@ -28,6 +24,7 @@ from discord_ml.cluster.notebook_manifests import (
 )
 from discord_ml.cluster.security import validate_manifest
 from discord_ml.cluster.spec import ClusterSpec
+from discord_ml_tests.support.jupyter import run_in_kernel
 from discord_ml_tests.support.k8s_emulator import KubeEmulator
 from discord_ml_tests.support.schemas import k8s_errors
 
@@ -50,9 +47,11 @@ def test_notebook_manifests_are_valid_hardened_and_least_privilege() -> None:
     assert env["RAY_ADDRESS"]["value"] == "ray://ranking-head-svc.ml.svc.cluster.local:10001"
     assert env["RAY_AUTH_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "ranking-ray-token", "key": "auth_token"}}
     assert env["JUPYTER_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "ranking-nb-alice-lab", "key": "token"}}
-    # Only the auth proxy may connect in; out, only the cluster's head (Ray Client, Jobs API) and DNS.
+    # Only the platform namespace may connect in (the auth proxy; the sweeper asking about kernels);
+    # out, only the cluster's head (Ray Client, Jobs API) and DNS.
     [ingress] = policy["spec"]["ingress"]
-    assert [f["podSelector"] for f in ingress["from"]] == [{"matchLabels": {"app.kubernetes.io/name": "oauth2-proxy"}}]
+    platform = {"matchLabels": {"kubernetes.io/metadata.name": "ml-platform"}}
+    assert ingress["from"] == [{"namespaceSelector": platform}]
     assert ingress["ports"] == [{"protocol": "TCP", "port": 8888}]
     head, dns = policy["spec"]["egress"]
     assert head["to"] == [{"podSelector": {"matchLabels": {"ray.io/cluster": "ranking", "ray.io/node-type": "head"}}}]
@@ -72,34 +71,6 @@ def test_notebook_pod_names_are_dns_labels_and_distinct(owner: str) -> None:
     name = notebook_pod_name("a" * 47, owner)
     assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)
     assert name != notebook_pod_name("a" * 47, owner + "2")
-
-
-def _run_in_kernel(base: str, token: str, code: str, timeout: float = 180) -> str:
-    """Start a kernel through JupyterLab's REST API, run `code` over its websocket, return its stdout."""
-    headers = {"Authorization": f"token {token}"}
-    request = urllib.request.Request(f"{base}/api/kernels", data=b"{}", headers=headers, method="POST")
-    with urllib.request.urlopen(request, timeout=60) as response:
-        kernel = json.load(response)["id"]
-    ws = websocket.create_connection(f"{base.replace('http', 'ws', 1)}/api/kernels/{kernel}/channels",
-                                     header=[f"Authorization: token {token}"], timeout=timeout)  # fmt: skip
-    msg_id = uuid.uuid4().hex
-    ws.send(json.dumps({"header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "t", "session": "s",
-                                   "version": "5.3"}, "parent_header": {}, "metadata": {}, "channel": "shell",
-                        "content": {"code": code, "silent": False, "store_history": False}}))  # fmt: skip
-    out = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg = json.loads(ws.recv())
-        if msg.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            out.append("\n".join(msg["content"]["traceback"]))
-        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-    ws.close()
-    return "".join(out)
 
 
 @pytest.mark.slow
@@ -122,7 +93,7 @@ def test_notebook_pod_is_created_reached_listed_and_deleted_with_its_cluster(kub
         assert (pod.name, pod.owner, pod.phase, pod.ready) == ("kr-nb-nb-alice", "alice", "Running", True)
         assert token == notebooks.token(pod) and token not in json.dumps(kuberay_api.find("pods"))
         # A kernel in the pod reaches the cluster through Ray Client with the token from the cluster's Secret.
-        output = _run_in_kernel(
+        output = run_in_kernel(
             base, token, "import ray\nray.init()\nprint('cluster CPUs', ray.cluster_resources()['CPU'])"
         )
         assert "cluster CPUs" in output, output

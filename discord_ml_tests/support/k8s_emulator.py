@@ -272,6 +272,11 @@ class KubeEmulator:
             return 404, _status(404, "NotFound", f'{plural} "{name}" not found')
         if method == "GET":
             return 200, copy.deepcopy(obj)
+        if method == "PATCH":  # a JSON merge patch (RFC 7386), what the client sends for a dict body
+            with self.lock:
+                _merge(obj, body or {})
+                obj["metadata"]["resourceVersion"] = str(len(self.requests) + 1)
+                return 200, copy.deepcopy(obj)
         if method == "DELETE":
             self._delete(key)
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}
@@ -309,6 +314,16 @@ class KubeEmulator:
             self._teardown(namespace, name)
         for key in list(self.containers):
             k8s_kubelet.stop_container(self.containers.pop(key))
+
+
+def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)  # type: ignore[arg-type]
+        else:
+            target[key] = value
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -1,0 +1,142 @@
+"""Whether a cluster is in use: a Ray job pending or running, a notebook kernel busy, or a Dagster step
+holding it (its heartbeat is fresh). The sweeper reaps a cluster only when none holds, and X-Ray says
+how long it has been idle.
+
+Notebooks are found where they run: JupyterLab pods next to a kuberay cluster (reached through the
+provider's port-forward with their lab token), and local JupyterLabs that recorded themselves under
+`$DML_HOME/notebooks/` (X-Ray's and `dml notebook`'s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from discord_ml.cluster.provider import ClusterInfo, ClusterProvider
+from discord_ml.settings import get_settings
+
+HEARTBEAT_S = 60.0  # how often a Dagster step holding a cluster says so
+HEARTBEAT_GRACE = timedelta(seconds=3 * HEARTBEAT_S)  # a step missing three beats is gone
+BUSY_JOB_STATES = ("PENDING", "RUNNING")
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What uses a cluster now, and the latest sign of use."""
+
+    busy: list[str] = field(default_factory=list[str])
+    last: datetime | None = None
+    problems: list[str] = field(default_factory=list[str])  # what could not be read
+
+
+def notebook_record_dir(namespace: str, name: str) -> Path:
+    """Where local JupyterLabs attached to a cluster record their URL and token."""
+    return get_settings().home / "notebooks" / f"{namespace}.{name}"
+
+
+def record_notebook(namespace: str, name: str, *, url: str, token: str, pid: int) -> Path:
+    """Record a local JupyterLab (its server, token and process) so the sweeper can see its kernels."""
+    from discord_ml.cluster.attach import write_private
+
+    directory = notebook_record_dir(namespace, name)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / f"{pid}.json"
+    write_private(path, json.dumps({"url": url, "token": token, "pid": pid}))
+    return path
+
+
+def _local_notebooks(namespace: str, name: str) -> Iterator[tuple[str, str]]:
+    for path in sorted(notebook_record_dir(namespace, name).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            os.kill(int(record["pid"]), 0)
+        except (OSError, ValueError, KeyError):
+            with contextlib.suppress(OSError):
+                path.unlink()  # its JupyterLab is gone
+            continue
+        yield str(record["url"]), str(record["token"])
+
+
+def _kernels(client: Any, base: str, token: str) -> list[dict[str, Any]]:
+    response = client.get(f"{base.rstrip('/')}/api/kernels", headers={"Authorization": f"token {token}"})
+    response.raise_for_status()
+    return [k for k in response.json() if isinstance(k, dict)]
+
+
+def _time(value: Any) -> datetime | None:
+    if isinstance(value, int | float) and value:
+        return datetime.fromtimestamp(value / 1000, UTC)
+    if isinstance(value, str) and value:
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return None
+
+
+def read_activity(provider: ClusterProvider, cluster: ClusterInfo, *, now: datetime, timeout: float = 10.0) -> Activity:
+    """Ask the cluster's Jobs API and its notebooks what is going on. Parts that cannot be read are
+    listed in `problems` and count as not busy (a dead cluster must still be reapable)."""
+    import httpx
+
+    busy: list[str] = []
+    seen: list[datetime] = [cluster.created, *([cluster.last_active] if cluster.last_active else [])]
+    problems: list[str] = []
+    if cluster.last_active and now - cluster.last_active < HEARTBEAT_GRACE:
+        busy.append(f"a Dagster step (heartbeat {int((now - cluster.last_active).total_seconds())}s ago)")
+    with httpx.Client(timeout=timeout) as client:
+        try:
+            connection = provider.connect(cluster.name, namespace=cluster.namespace)
+            response = client.get(f"{connection.dashboard_url}/api/jobs/", headers=dict(connection.headers))
+            response.raise_for_status()
+            for job in response.json():
+                job_id = job.get("submission_id") or job.get("job_id")
+                if job.get("status") in BUSY_JOB_STATES:
+                    busy.append(f"Ray job {job_id} {str(job['status']).lower()}")
+                seen += [t for t in (_time(job.get("start_time")), _time(job.get("end_time"))) if t]
+        except Exception as exc:  # reported; an unreadable dashboard is not a busy one
+            problems.append(f"Ray jobs could not be read: {type(exc).__name__}: {exc}")
+        for base, token in _notebooks(provider, cluster, problems):
+            try:
+                for kernel in _kernels(client, base, token):
+                    if kernel.get("execution_state") == "busy":
+                        busy.append(f"notebook kernel {kernel.get('id', '?')[:8]} busy")
+                    seen += [t for t in (_time(kernel.get("last_activity")),) if t]
+            except Exception as exc:  # as above
+                problems.append(f"notebook kernels could not be read: {type(exc).__name__}: {exc}")
+    return Activity(busy, max(seen), problems)
+
+
+def _notebooks(provider: ClusterProvider, cluster: ClusterInfo, problems: list[str]) -> Iterator[tuple[str, str]]:
+    """(JupyterLab URL, token) of every notebook attached to the cluster."""
+    yield from _local_notebooks(cluster.namespace, cluster.name)
+    if cluster.backend != "kuberay":
+        return
+    from discord_ml.cluster.kuberay import KubeRayProvider
+    from discord_ml.cluster.kuberay_notebooks import KubeRayNotebooks
+    from discord_ml.cluster.notebook_manifests import JUPYTER_PORT
+
+    if not isinstance(provider, KubeRayProvider):
+        return
+    notebooks = KubeRayNotebooks(provider)
+    forwarded = provider.dashboard_access == "port-forward"
+    try:
+        for pod in notebooks.list(cluster.name, namespace=cluster.namespace):
+            if pod.ready:
+                # In the cluster (the sweeper) the pod's IP, which its NetworkPolicy opens to the platform
+                # namespace; from a laptop a port-forward.
+                address = notebooks.forward(pod).address if forwarded else f"{pod.ip}:{JUPYTER_PORT}"
+                yield f"http://{address}", notebooks.token(pod)
+    except Exception as exc:  # reported like the rest
+        problems.append(f"notebook pods could not be read: {type(exc).__name__}: {exc}")
+
+
+def idle_seconds(cluster: ClusterInfo, activity: Activity, now: datetime) -> float | None:
+    """How long the cluster has been idle; None while something uses it."""
+    if activity.busy:
+        return None
+    return max(0.0, (now - (activity.last or cluster.created)).total_seconds())
