@@ -134,8 +134,9 @@ def ray_cluster_sweeper(context: dg.SensorEvaluationContext, ray_cluster: RayClu
     deleted = [a for a in actions if a.delete]
     if not actions:
         return dg.SkipReason("no orphaned, expired or idle Ray clusters")
-    return dg.SkipReason(f"deleted {len(deleted)} Ray cluster(s); kept {len(actions) - len(deleted)} in use: "
-                         + "; ".join(str(a) for a in actions))  # fmt: skip
+    kept = len(actions) - len(deleted)
+    summary = f"deleted {len(deleted)} Ray cluster(s)" + (f"; kept {kept} in use" if kept else "")
+    return dg.SkipReason(f"{summary}: " + "; ".join(str(a) for a in actions))
 
 
 def _fail_crashed_run(instance: dg.DagsterInstance, action: SweepAction) -> None:

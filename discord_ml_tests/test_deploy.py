@@ -94,6 +94,7 @@ def test_code_location_role_grants_exactly_these_verbs() -> None:
         ("", "services"): {"get", "list", "watch"},
         ("", "events"): {"get", "list", "watch"},
         ("", "pods/log"): {"get"},
+        ("", "resourcequotas"): {"get", "list"},
     }
     [binding] = [
         o for _, o in _objects() if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == "discord-ml-ray-manager"
