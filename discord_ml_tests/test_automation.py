@@ -112,7 +112,7 @@ def test_sensor_deletes_the_orphan_and_keeps_the_live_runs_cluster(dagster_insta
         assert processes_using(str(cluster_dir_prefix("sweep-orphan"))) == []
         with dg.build_sensor_context(instance=dagster_instance, resources=resources) as context:
             again = ray_cluster_sweeper(context)
-        assert isinstance(again, dg.SkipReason) and again.skip_message == "no orphaned or expired Ray clusters"
+        assert isinstance(again, dg.SkipReason) and again.skip_message == "no orphaned, expired or idle Ray clusters"
     finally:
         provider.delete("sweep-orphan")
         provider.delete("sweep-live")
