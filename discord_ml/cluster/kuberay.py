@@ -1,10 +1,12 @@
 """KubeRayProvider: RayClusters applied through the Kubernetes API with the `kubernetes` client.
 
-Creates the token Secret, the RayCluster and its NetworkPolicy (all from the pure builders),
-waits on KubeRay's status conditions while explaining why a cluster is not ready (pending pods
-and their scheduling events), resolves the dashboard from the head service, and deletes it all
-on teardown. Transient API errors (429, 5xx, connection refused) are retried with backoff; other
-4xx fail at once with the API's message.
+Checks a cluster fits (quota, nodes) before it is asked for; creates the token Secret, the
+RayCluster and its NetworkPolicy (all from the pure builders); waits on KubeRay's status conditions
+while explaining why a cluster is not ready (pending pods and their scheduling events); resolves
+the dashboard from the head service, or carries it to 127.0.0.1 through `pods/portforward`;
+records step heartbeats; and on teardown archives the job logs, then deletes it all. Transient
+API errors (429, 5xx, connection refused) are retried with backoff; other 4xx fail at once with
+the API's message.
 """
 
 from __future__ import annotations
@@ -184,10 +186,10 @@ class KubeRayProvider:
         label_selector = ",".join(f"{k}={v}" for k, v in (selector or {}).items())
         if namespace is None:
             result = self.call(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
-                                label_selector=label_selector)  # fmt: skip
+                               label_selector=label_selector)  # fmt: skip
         else:
             result = self.call(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
-                                label_selector=label_selector)  # fmt: skip
+                               label_selector=label_selector)  # fmt: skip
         return [self._explained(self._info(item)) for item in result.get("items", [])]
 
     def delete(self, name: str, *, namespace: str | None = None) -> None:
@@ -309,7 +311,7 @@ class KubeRayProvider:
 
     def _head_pod(self, namespace: str, name: str) -> str:
         pods = self.call(self.core.list_namespaced_pod, namespace,
-                          label_selector=f"ray.io/cluster={name},ray.io/node-type=head")  # fmt: skip
+                         label_selector=f"ray.io/cluster={name},ray.io/node-type=head")  # fmt: skip
         running = [p.metadata.name for p in pods.items if p.status.phase == "Running"]
         if not running:
             raise ClusterError(f"RayCluster {name!r} in {namespace!r} has no running head pod to forward to")
@@ -342,7 +344,7 @@ class KubeRayProvider:
             if pod.status.phase != "Pending":
                 continue
             events = self.call(self.core.list_namespaced_event, namespace,
-                                field_selector=f"involvedObject.name={pod.metadata.name}")  # fmt: skip
+                               field_selector=f"involvedObject.name={pod.metadata.name}")  # fmt: skip
             warnings = [e for e in events.items if e.type == "Warning"]
             if warnings:
                 latest = warnings[-1]

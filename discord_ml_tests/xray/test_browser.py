@@ -140,3 +140,24 @@ def test_job_log_page_shows_lines_as_the_job_prints_them(browser: Browser, xray_
     download = page.locator("#download").get_attribute("href")
     assert download == f"/api/clusters/local/ml/xr-alice/jobs/{ids[0]}/logs"
     runner.join(timeout=30)
+
+
+def test_a_deleted_clusters_job_opens_from_the_archive(browser: Browser, xray_server: str,
+                                                       xray_world: XRayWorld) -> None:  # fmt: skip
+    provider = xray_world.provider
+    provider.create(xray_world.spec("xr-gone", "alice", "ads"))
+    provider.wait_ready("xr-gone", timeout=180)
+    connection = provider.connect("xr-gone")
+    outcome = submit_and_follow(connection.dashboard_url, entrypoint="python -c \"print('kept', 'after', 'deletion')\"",
+                                headers=connection.headers, on_line=lambda _: None)  # fmt: skip
+    provider.delete("xr-gone")  # the job's log is archived first
+    page = as_user(browser, xray_server, "alice").new_page()
+    page.goto("/")
+    page.locator("header a", has_text="deleted clusters").click()
+    archived = page.locator("#archive tbody tr", has_text="xr-gone")
+    expect(archived).to_have_count(1)
+    archived.locator("a", has_text=outcome.job_id).click()
+    expect(page.locator("#archived")).to_have_text("archived")
+    expect(page.locator("#job-status")).to_have_text("SUCCEEDED")
+    expect(page.locator("#log")).to_contain_text("kept after deletion")
+    shot(page, "archived-job")
