@@ -148,15 +148,21 @@ def test_a_deleted_clusters_job_opens_from_the_archive(browser: Browser, xray_se
     provider.create(xray_world.spec("xr-gone", "alice", "ads"))
     provider.wait_ready("xr-gone", timeout=180)
     connection = provider.connect("xr-gone")
-    outcome = submit_and_follow(connection.dashboard_url, entrypoint="python -c \"print('kept', 'after', 'deletion')\"",
-                                headers=connection.headers, on_line=lambda _: None)  # fmt: skip
+    ids: list[str] = []
+    # In a thread: Playwright's sync API keeps an event loop running in this one.
+    job = threading.Thread(target=lambda: ids.append(submit_and_follow(
+        connection.dashboard_url, entrypoint="python -c \"print('kept', 'after', 'deletion')\"",
+        headers=connection.headers, on_line=lambda _: None).job_id))  # fmt: skip
+    job.start()
+    job.join(timeout=180)
+    [job_id] = ids
     provider.delete("xr-gone")  # the job's log is archived first
     page = as_user(browser, xray_server, "alice").new_page()
     page.goto("/")
     page.locator("header a", has_text="deleted clusters").click()
     archived = page.locator("#archive tbody tr", has_text="xr-gone")
     expect(archived).to_have_count(1)
-    archived.locator("a", has_text=outcome.job_id).click()
+    archived.locator("a", has_text=job_id).click()
     expect(page.locator("#archived")).to_have_text("archived")
     expect(page.locator("#job-status")).to_have_text("SUCCEEDED")
     expect(page.locator("#log")).to_contain_text("kept after deletion")
