@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,6 +30,14 @@ LOST_AFTER_S = 20.0
 # Ray colours the `(RayTrainWorker pid=…)` prefixes of worker output: escape codes mean nothing in an
 # event log, a file or a web page.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def job_time(value: Any) -> datetime | None:
+    """A Jobs API time (epoch milliseconds: `start_time`, `end_time`) as a UTC datetime; None if unset."""
+    try:
+        return datetime.fromtimestamp(int(value) / 1000, UTC) if value else None
+    except (TypeError, ValueError):
+        return None
 
 
 def plain_text(line: str) -> str:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 from typing import Annotated
 
 import typer
 
-from discord_ml.cli.common import Backend, Namespace, fail, get_cluster, provider, require_owner
+from discord_ml.cli.common import Backend, Namespace, fail, get_cluster, provider, require_owner, wait_for_interrupt
 
 Shell = Annotated[str, typer.Option("--shell", help="bash (also zsh), fish or json.")]
 Force = Annotated[bool, typer.Option("--force", help="Allow another owner's cluster (admins).")]
@@ -121,17 +119,17 @@ def session(
         typer.echo(f"forwarding {dashboard.address} -> dashboard and Jobs API, {client.address} -> Ray Client of "
                    f"{ns}/{name}; in another terminal: eval \"$(dml cluster env {name})\"; Ctrl-C ends the session",
                    err=True)  # fmt: skip
-        stop = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
-        while not stop.wait(5):
+
+        def still_there() -> None:
             try:
                 clusters.get(name, namespace=ns)
             except ClusterNotFoundError:
                 typer.echo(f"cluster {name!r} was deleted; the session ends", err=True)
                 raise typer.Exit(1) from None
             except ClusterError:
-                continue  # the API is briefly unreachable: the forwards retry per connection
+                pass  # the API is briefly unreachable: the forwards retry per connection
+
+        wait_for_interrupt(still_there)
     finally:
         clusters.close()
         if record is not None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import getpass
 import json
 import os
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -78,6 +80,16 @@ def age(created: datetime) -> str:
 def info_dict(info: ClusterInfo) -> dict[str, Any]:
     """A cluster as JSON-ready data."""
     return info.as_json()
+
+
+def wait_for_interrupt(tick: Callable[[], None] | None = None, *, every: float = 5.0) -> None:
+    """Block until Ctrl-C or SIGTERM, calling `tick` every `every` seconds (it may end the wait by raising)."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(every):
+        if tick is not None:
+            tick()
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

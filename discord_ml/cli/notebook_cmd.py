@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import secrets
-import signal
 import subprocess
-import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from discord_ml.cli.common import Backend, Namespace, current_owner, fail, get_cluster, provider, require_owner
+from discord_ml.cli.common import (
+    Backend,
+    Namespace,
+    current_owner,
+    fail,
+    get_cluster,
+    provider,
+    require_owner,
+    wait_for_interrupt,
+)
 
 
 def notebook(
@@ -94,9 +101,5 @@ def _kuberay_notebook(cluster: str, namespace: str, *, port: int, delete: bool) 
                f"http://{forward.address}/lab?token={token}")  # fmt: skip
     typer.echo("Ctrl-C closes the forward; the pod keeps running until the cluster is deleted "
                f"(or: dml notebook {cluster} --delete)", err=True)  # fmt: skip
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(1):
-        pass
+    wait_for_interrupt(every=1)
     clusters.close()

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +51,12 @@ def record_notebook(namespace: str, name: str, *, url: str, token: str, pid: int
 
 
 def _local_notebooks(namespace: str, name: str) -> Iterator[tuple[str, str]]:
+    from discord_ml.cluster.attach import live_record
+
     for path in sorted(notebook_record_dir(namespace, name).glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-            os.kill(int(record["pid"]), 0)
-        except (OSError, ValueError, KeyError):
-            with contextlib.suppress(OSError):
-                path.unlink()  # its JupyterLab is gone
-            continue
-        yield str(record["url"]), str(record["token"])
+        record = live_record(path)  # None once its JupyterLab is gone
+        if record is not None:
+            yield str(record["url"]), str(record["token"])
 
 
 def _kernels(client: Any, base: str, token: str) -> list[dict[str, Any]]:
@@ -69,9 +65,8 @@ def _kernels(client: Any, base: str, token: str) -> list[dict[str, Any]]:
     return [k for k in response.json() if isinstance(k, dict)]
 
 
-def _time(value: Any) -> datetime | None:
-    if isinstance(value, int | float) and value:
-        return datetime.fromtimestamp(value / 1000, UTC)
+def _iso(value: Any) -> datetime | None:
+    """Jupyter's ISO 8601 `last_activity`."""
     if isinstance(value, str) and value:
         with contextlib.suppress(ValueError):
             return datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -82,6 +77,8 @@ def read_activity(provider: ClusterProvider, cluster: ClusterInfo, *, now: datet
     """Ask the cluster's Jobs API and its notebooks what is going on. Parts that cannot be read are
     listed in `problems` and count as not busy (a dead cluster must still be reapable)."""
     import httpx
+
+    from discord_ml.jobs import job_time
 
     busy: list[str] = []
     seen: list[datetime] = [cluster.created, *([cluster.last_active] if cluster.last_active else [])]
@@ -97,7 +94,7 @@ def read_activity(provider: ClusterProvider, cluster: ClusterInfo, *, now: datet
                 job_id = job.get("submission_id") or job.get("job_id")
                 if job.get("status") in BUSY_JOB_STATES:
                     busy.append(f"Ray job {job_id} {str(job['status']).lower()}")
-                seen += [t for t in (_time(job.get("start_time")), _time(job.get("end_time"))) if t]
+                seen += [t for t in (job_time(job.get("start_time")), job_time(job.get("end_time"))) if t]
         except Exception as exc:  # reported; an unreadable dashboard is not a busy one
             problems.append(f"Ray jobs could not be read: {type(exc).__name__}: {exc}")
         for base, token in _notebooks(provider, cluster, problems):
@@ -105,7 +102,7 @@ def read_activity(provider: ClusterProvider, cluster: ClusterInfo, *, now: datet
                 for kernel in _kernels(client, base, token):
                     if kernel.get("execution_state") == "busy":
                         busy.append(f"notebook kernel {kernel.get('id', '?')[:8]} busy")
-                    seen += [t for t in (_time(kernel.get("last_activity")),) if t]
+                    seen += [t for t in (_iso(kernel.get("last_activity")),) if t]
             except Exception as exc:  # as above
                 problems.append(f"notebook kernels could not be read: {type(exc).__name__}: {exc}")
     return Activity(busy, max(seen), problems)

@@ -64,10 +64,6 @@ class ArchivedCluster:
         return str(self.cluster["name"])
 
 
-def _ms(value: Any) -> datetime | None:
-    return datetime.fromtimestamp(value / 1000, UTC) if isinstance(value, int | float) and value else None
-
-
 class LogStore:
     """The archive under one root."""
 
@@ -150,11 +146,13 @@ def _iso(value: str | None) -> datetime | None:
 
 
 def _job(entry: dict[str, Any], *, run_id: str | None, saved: bool) -> ArchivedJob:
+    from discord_ml.jobs import job_time
+
     metadata = entry.get("metadata") or {}
     return ArchivedJob(
         job_id=str(entry.get("submission_id") or entry.get("job_id") or ""), status=str(entry.get("status", "")),
         entrypoint=str(entry.get("entrypoint") or ""), message=str(entry.get("message") or ""),
-        start=_ms(entry.get("start_time")), end=_ms(entry.get("end_time")),
+        start=job_time(entry.get("start_time")), end=job_time(entry.get("end_time")),
         run_id=metadata.get("dagster_run_id") or run_id, log_saved=saved,
     )  # fmt: skip
 

@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from discord_ml.cluster.manifests import RAY_CLIENT_PORT
@@ -53,6 +54,19 @@ def write_private(path: Path, text: str) -> None:
         raise
 
 
+def live_record(path: Path) -> dict[str, Any] | None:
+    """A JSON record written by a running process (its `pid`), or None; the record of a process that
+    ended without cleaning up (killed) is removed."""
+    try:
+        record = json.loads(path.read_text())
+        os.kill(int(record["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    return record
+
+
 def session_path(*, home: Path, namespace: str, name: str) -> Path:
     """Where a running `dml cluster session` records its forwarded addresses."""
     return home / "sessions" / f"{namespace}.{name}.json"
@@ -69,13 +83,8 @@ def record_session(connection: ClusterConnection, *, home: Path, namespace: str,
 
 def via_session(connection: ClusterConnection, *, home: Path, namespace: str, name: str) -> ClusterConnection | None:
     """`connection` through the forwarded addresses of a live session, if one runs for the cluster."""
-    path = session_path(home=home, namespace=namespace, name=name)
-    try:
-        record = json.loads(path.read_text())
-        os.kill(int(record["pid"]), 0)  # the session's process still runs
-    except (OSError, ValueError, KeyError):
-        with contextlib.suppress(OSError):
-            path.unlink()  # a session that ended without cleaning up (killed)
+    record = live_record(session_path(home=home, namespace=namespace, name=name))
+    if record is None:
         return None
     return dataclasses.replace(connection, dashboard_url=record["dashboard_url"], address=record["address"])
 

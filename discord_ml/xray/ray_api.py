@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from discord_ml.cluster.provider import ClusterConnection
-from discord_ml.jobs import plain_text
+from discord_ml.jobs import job_time, plain_text
 from discord_ml.xray.views import FilterError
 
 JOB_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
@@ -66,13 +66,6 @@ class RayEvent:
     message: str
 
 
-def _ms(value: Any) -> datetime | None:
-    try:
-        return datetime.fromtimestamp(int(value) / 1000, UTC) if value else None
-    except (TypeError, ValueError):
-        return None
-
-
 def parse_nodes(payload: Mapping[str, Any]) -> list[NodeUsage]:
     """Nodes from `GET /nodes?view=summary`, head first."""
     nodes = []
@@ -93,7 +86,7 @@ def parse_nodes(payload: Mapping[str, Any]) -> list[NodeUsage]:
 
 def parse_job(entry: Mapping[str, Any], now: datetime) -> JobSummary:
     """One job of `GET /api/jobs/`."""
-    start, end = _ms(entry.get("start_time")), _ms(entry.get("end_time"))
+    start, end = job_time(entry.get("start_time")), job_time(entry.get("end_time"))
     submission = entry.get("submission_id")
     duration = ((end or now) - start).total_seconds() if start else None
     return JobSummary(
@@ -119,7 +112,7 @@ def parse_events(payload: Mapping[str, Any]) -> list[RayEvent]:
     for item in items:
         when = item.get("time")
         try:
-            at = datetime.fromisoformat(when).astimezone(UTC) if isinstance(when, str) else _ms(when)
+            at = datetime.fromisoformat(when).astimezone(UTC) if isinstance(when, str) else job_time(when)
         except ValueError:
             at = None
         events.append(RayEvent(at, str(item.get("severity", "INFO")), str(item.get("source_type", "")),
