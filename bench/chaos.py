@@ -79,7 +79,7 @@ class Drill:
     def __init__(self, work: Path, emulator: Any) -> None:
         self.work, self.emulator = work, emulator
         self.instance = dg.DagsterInstance.get()
-        from discord_ml.lake import Lake
+        from discord_ml.quests.lake import Lake
 
         self.lake = Lake(os.environ["DML_DATA_ROOT"])
         self.baseline = set(self.processes())
@@ -155,8 +155,8 @@ class Drill:
 
     def sweep(self) -> list[str]:
         """One tick of the sweeper sensor per backend, as the daemon would run it."""
-        from discord_ml.automation import ray_cluster_sweeper
-        from discord_ml.resources import RayClusterResource
+        from discord_ml.orchestration.resources import RayClusterResource
+        from discord_ml.quests.automation import ray_cluster_sweeper
 
         said = []
         for backend in ("local", "kuberay"):
@@ -167,7 +167,7 @@ class Drill:
         return said
 
     def clusters(self) -> list[str]:
-        from discord_ml.cluster.local_provider import LocalRayProvider
+        from discord_ml.cluster.local.provider import LocalRayProvider
 
         return [f"local/{c.name}" for c in LocalRayProvider().list()] + [
             f"kuberay/{n}" for n in self.emulator.ray_clusters()
@@ -176,7 +176,7 @@ class Drill:
     def processes(self) -> dict[int, str]:
         """The drill's processes: run workers, and every Ray process of its clusters (all carry the
         drill's DAGSTER_HOME/DML_HOME in their environment, job drivers in sessions of their own too)."""
-        from discord_ml.cluster.processes import processes_using
+        from discord_ml.cluster.local.processes import processes_using
 
         return {pid: _cmdline(str(pid)) for pid in processes_using(str(self.work))}
 
@@ -221,7 +221,7 @@ def _smoke_running(drill: Drill, trial: Trial) -> tuple[subprocess.Popen[bytes],
 def fault_job_exit(drill: Drill, trial: Trial) -> tuple[str, dict[str, Any]]:
     proc, running = _smoke_running(drill, trial)
     if running:
-        _kill(_pids_with(drill, "discord_ml.ml.smoke"))
+        _kill(_pids_with(drill, "discord_ml.orchestration.smoke"))
     drill.finish(proc)
     trial.as_expected = "ended FAILED" in drill.failure_text(trial.run_id)
     return "platform_check", _smoke_options()
@@ -252,7 +252,7 @@ def fault_run_terminated(drill: Drill, trial: Trial) -> tuple[str, dict[str, Any
         drill.instance.report_run_canceling(current, message="chaos drill: terminate")
         proc.send_signal(signal.SIGTERM)
     drill.finish(proc)
-    stopped = not _pids_with(drill, "discord_ml.ml.smoke")
+    stopped = not _pids_with(drill, "discord_ml.orchestration.smoke")
     trial.as_expected = drill.status(trial.run_id) == "CANCELED" and stopped
     return "platform_check", _smoke_options()
 
@@ -270,7 +270,7 @@ def fault_run_killed(drill: Drill, trial: Trial) -> tuple[str, dict[str, Any]]:
 
 
 def fault_head_killed(drill: Drill, trial: Trial) -> tuple[str, dict[str, Any]]:
-    from discord_ml.cluster.local_provider import LocalRayProvider
+    from discord_ml.cluster.local.provider import LocalRayProvider
 
     proc, running = _smoke_running(drill, trial)
     if running:
@@ -388,7 +388,7 @@ def _changed(before: dict[str, str], after: dict[str, str]) -> int:
 
 
 def _cleanup(drill: Drill) -> None:
-    from discord_ml.cluster.local_provider import LocalRayProvider
+    from discord_ml.cluster.local.provider import LocalRayProvider
 
     provider = LocalRayProvider()
     for cluster in provider.list():
@@ -421,7 +421,7 @@ def _environment(keep: bool) -> Iterator[Path]:
 
 
 def _prepare(drill: Drill) -> None:
-    from discord_ml.ml.world import WorldConfig, generate
+    from discord_ml.quests.ml.world import WorldConfig, generate
 
     landed = generate(drill.lake, days=DAYS, config=WorldConfig(**WORLD))
     drill.days = [str(day["date"]) for day in landed]

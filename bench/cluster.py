@@ -23,12 +23,12 @@ from typing import Any
 
 import dagster as dg
 
-from discord_ml.cluster.local import ray_executable
-from discord_ml.cluster.local_provider import LocalRayProvider
-from discord_ml.cluster.processes import free_ports, group_alive
+from discord_ml.cluster.local.nodes import ray_executable
+from discord_ml.cluster.local.processes import free_ports, group_alive
+from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.jobs import submit_and_follow
-from discord_ml.resources import RayClusterResource
+from discord_ml.jobs.client import submit_and_follow
+from discord_ml.orchestration.resources import RayClusterResource
 
 JOB = "python -c \"print('hello', flush=True)\""
 

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.multiprocessing.spawn import spawn
 
-from discord_ml.cluster.processes import free_ports
+from discord_ml.cluster.local.processes import free_ports
 
 RankFn = Callable[..., dict[str, Any]]
 

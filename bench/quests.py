@@ -36,14 +36,14 @@ from typing import Any
 
 import psutil
 
-from discord_ml.cluster.local_provider import LocalRayProvider
+from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.jobs import submit_and_follow
-from discord_ml.lake import Lake, date_str
-from discord_ml.ml.evaluate import markdown_table
-from discord_ml.ml.inference import MAX_PART_ROWS, RESULT_PREFIX, plan_parts
-from discord_ml.ml.world import REQUEST_ROW_GROUP, WorldConfig, generate
-from discord_ml.registry import ModelRegistry
+from discord_ml.jobs.client import submit_and_follow
+from discord_ml.quests.lake import Lake, date_str
+from discord_ml.quests.ml.world import REQUEST_ROW_GROUP, WorldConfig, generate
+from discord_ml.quests.model_registry import ModelRegistry
+from discord_ml.quests.tasks.evaluate import markdown_table
+from discord_ml.quests.tasks.inference import MAX_PART_ROWS, RESULT_PREFIX, plan_parts
 from discord_ml_tests.support.quests import read_dir, write_features_in_process
 
 
@@ -87,10 +87,10 @@ def _title(prefix: str) -> Callable[[psutil.Process], bool]:
 def _plain_train(root: str, days: list[str], validation: str, model: str, threads: int, args: Any, out: Any) -> None:
     import resource
 
-    from discord_ml.lake import parse_date
-    from discord_ml.ml.models import ModelConfig
-    from discord_ml.ml.single import train_single_process
-    from discord_ml.ml.train import read_table
+    from discord_ml.quests.lake import parse_date
+    from discord_ml.quests.ml.models import ModelConfig
+    from discord_ml.quests.ml.single import train_single_process
+    from discord_ml.quests.tasks.train import read_table
 
     lake = Lake(root)
     train = read_table(lake, [parse_date(d) for d in days])
@@ -107,8 +107,8 @@ def _plain_score(root: str, ref: str, day: str, out: Any) -> None:
     as for an actor."""
     import numpy as np
 
-    from discord_ml.lake import parse_date
-    from discord_ml.ml.inference import ScoreParts
+    from discord_ml.quests.lake import parse_date
+    from discord_ml.quests.tasks.inference import ScoreParts
 
     lake = Lake(root)
     parts, _ = plan_parts(lake, lake.files(lake.requests_dir(parse_date(day))), actors=2, max_rows=MAX_PART_ROWS)
@@ -220,7 +220,7 @@ def main() -> None:
         print("training (Ray Train + TorchRec):", flush=True)
         for model, workers in [("dlrm", 1), *((m, 2) for m in models)]:
             with peak_rss(_title("ray::RayTrainWorker")) as peak:
-                wall = job(f"python -m discord_ml.ml.train {common} --model {model} --workers {workers} "
+                wall = job(f"python -m discord_ml.quests.tasks.train {common} --model {model} --workers {workers} "
                            f"--run-id bench-{model}-{workers}", f"{model}, {workers} worker(s)")  # fmt: skip
             version = registry.latest(model)
             assert version is not None
@@ -236,7 +236,7 @@ def main() -> None:
         tables = {}
         for model in models:
             ref = results[f"{model}/2"]["version"].ref
-            job(f"python -m discord_ml.ml.evaluate --root {root} --candidate {ref}", f"evaluate {ref}")
+            job(f"python -m discord_ml.quests.tasks.evaluate --root {root} --candidate {ref}", f"evaluate {ref}")
             tables[model] = lake.read_json(f"{lake.evaluation_dir(days[-1])}/{ref.replace('/v', '-v')}/metrics.json")
 
         print("batch inference:", flush=True)
@@ -248,7 +248,7 @@ def main() -> None:
             if label == "large day":
                 rows = _tile_requests(lake, days[-1] + dt.timedelta(days=1), dt.date(2030, 1, 1), args.inference_rows)
                 print(f"  landed {rows:,} candidate rows for {day}", flush=True)
-            job(f"python -m discord_ml.ml.inference --root {root} --date {day} --model {ref} --actors 2",
+            job(f"python -m discord_ml.quests.tasks.inference --root {root} --date {day} --model {ref} --actors 2",
                 f"actor pool, {ref}, {label}")  # fmt: skip
             [summary] = [line for line in lines if line.startswith(RESULT_PREFIX)]
             inference[label] = json.loads(summary.removeprefix(RESULT_PREFIX))

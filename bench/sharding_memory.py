@@ -18,12 +18,12 @@ import resource
 import torch
 
 from bench.gloo import on_ranks
-from discord_ml.ml.features import FeatureSpec
-from discord_ml.ml.models import ModelConfig, build_model
+from discord_ml.quests.ml.features import FeatureSpec
+from discord_ml.quests.ml.models import ModelConfig, build_model
 
 
 def _rank(rank: int, world: int, rows: int, dim: int) -> dict[str, int]:
-    from discord_ml.ml.sharding import local_memory, shard_model
+    from discord_ml.quests.ml.sharding import local_memory, shard_model
 
     config = ModelConfig("dlrm", embedding_dim=dim, features=FeatureSpec(user_buckets=rows))
     model, _ = shard_model(build_model(config, torch.device("meta")), config.tables(), device=torch.device("cpu"),

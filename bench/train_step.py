@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from bench.gloo import on_ranks
-from discord_ml.ml.models import ModelConfig, batch_kjt, build_model
+from discord_ml.quests.ml.models import ModelConfig, batch_kjt, build_model
 
 COLLECTIVES = ("all_to_all", "allreduce", "all_reduce", "alltoall", "broadcast", "gloo")
 
@@ -32,7 +32,7 @@ def _rank(rank: int, world: int, batch: int, steps: int) -> dict[str, float]:
     from torchrec.optim import CombinedOptimizer, KeyedOptimizerWrapper
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-    from discord_ml.ml.sharding import shard_model
+    from discord_ml.quests.ml.sharding import shard_model
 
     torch.manual_seed(0)
     config = ModelConfig("dlrm")

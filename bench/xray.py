@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from discord_ml.cluster.local_provider import LocalRayProvider
+from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.provider import ClusterConnection, ClusterEvent, ClusterInfo, ClusterStatus
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml.xray.app import create_app

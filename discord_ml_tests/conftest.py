@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from discord_ml.cluster.local import LocalRayCluster
+from discord_ml.cluster.local.nodes import LocalRayCluster
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml_tests.support.k8s_emulator import KubeEmulator, serve
 from discord_ml_tests.support.schemas import require_crds

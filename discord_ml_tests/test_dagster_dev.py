@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from discord_ml.cluster.processes import free_ports
+from discord_ml.cluster.local.processes import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 QUERY = """{ workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
-from discord_ml.cluster.kuberay import KubeRayProvider
-from discord_ml.cluster.kuberay_notebooks import KubeRayNotebooks
-from discord_ml.cluster.manifests import build_ray_cluster
-from discord_ml.cluster.security import validate_manifest
+from discord_ml.cluster.kuberay.manifests import build_ray_cluster
+from discord_ml.cluster.kuberay.notebooks import KubeRayNotebooks
+from discord_ml.cluster.kuberay.provider import KubeRayProvider
+from discord_ml.cluster.kuberay.security import validate_manifest
+from discord_ml.cluster.pools import get_catalog, load_catalog
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.pools import get_catalog, load_catalog
 from discord_ml.settings import get_settings
 from discord_ml_tests.support.k8s_emulator import KubeEmulator
 from discord_ml_tests.support.schemas import crd_errors, k8s_errors, pod_errors

@@ -42,7 +42,7 @@ def env(
     home, forwarded = get_settings().home, None
     if info.backend == "kuberay" and os.environ.get("DML_KUBERAY_DASHBOARD") == "port-forward":
         # This command's own forwards would close as it exits; only a session's outlive it.
-        from discord_ml.cluster.kuberay import KubeRayProvider
+        from discord_ml.cluster.kuberay.provider import KubeRayProvider
 
         clusters = KubeRayProvider(dashboard_access="dns")
     else:
@@ -87,9 +87,9 @@ def session(
       ray job submit -- python train.py
     """
     from discord_ml.cluster.attach import SHELLS, ray_env, record_session, render, token_file
-    from discord_ml.cluster.kuberay import KubeRayProvider
-    from discord_ml.cluster.manifests import DASHBOARD_PORT, RAY_CLIENT_PORT
-    from discord_ml.cluster.portforward import ForwardError
+    from discord_ml.cluster.kuberay.manifests import DASHBOARD_PORT, RAY_CLIENT_PORT
+    from discord_ml.cluster.kuberay.portforward import ForwardError
+    from discord_ml.cluster.kuberay.provider import KubeRayProvider
     from discord_ml.cluster.provider import ClusterError, ClusterNotFoundError
     from discord_ml.settings import get_settings
 

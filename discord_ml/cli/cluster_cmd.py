@@ -110,8 +110,8 @@ def create(
         fail(str(exc))
     spec = build_spec(name=name, gpus=gpus, pool=pool, workers=workers, memory=memory, cpu=cpu, image=image,
                       namespace=namespace, ttl=ttl, purpose=purpose, team=team, idle_timeout=idle_timeout)  # fmt: skip
-    from discord_ml.cluster.manifests import build_cluster_manifests
-    from discord_ml.cluster.security import validate_manifests
+    from discord_ml.cluster.kuberay.manifests import build_cluster_manifests
+    from discord_ml.cluster.kuberay.security import validate_manifests
 
     manifests = build_cluster_manifests(spec)
     violations = validate_manifests(manifests)

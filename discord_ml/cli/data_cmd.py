@@ -29,8 +29,8 @@ def generate(
     slates and the eval-only true probabilities. A new root takes the world options; an existing
     one continues its own world after its last landed day."""
     check_output(output)
-    from discord_ml.lake import Lake, LakeError, default_root, parse_date
-    from discord_ml.ml.world import WorldConfig, generate
+    from discord_ml.quests.lake import Lake, LakeError, default_root, parse_date
+    from discord_ml.quests.ml.world import WorldConfig, generate
 
     options: dict[str, Any] = {"impressions_per_day": impressions_per_day, "users": users, "quests": quests,
                                "seed": seed, "start": start, "bad_row_rate": bad_row_rate}  # fmt: skip
@@ -53,7 +53,7 @@ def generate(
 def list_days(root: Root = None, output: Output = "table") -> None:
     """Landed days and how far the pipeline got with each (features, quarantined rows)."""
     check_output(output)
-    from discord_ml.lake import Lake, date_str, default_root
+    from discord_ml.quests.lake import Lake, date_str, default_root
 
     lake = Lake(root or default_root())
     rows = []

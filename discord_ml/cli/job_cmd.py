@@ -142,7 +142,7 @@ def submit(
 
 def _run(cluster: str, namespace: str | None, backend: str | None, command: str, runtime_env: dict[str, Any],
          wait: bool) -> int:  # fmt: skip
-    from discord_ml.jobs import job_url, submit_and_follow
+    from discord_ml.jobs.client import job_url, submit_and_follow
 
     connection = _connect(cluster, namespace, backend)
     job_id = f"{cluster}_{secrets.token_hex(4)}"

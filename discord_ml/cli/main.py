@@ -34,7 +34,7 @@ app.command()(usage_cmd.usage)
 def pools(output: Output = "table") -> None:
     """List the GPU pool catalog (DML_POOLS_FILE, or the packaged default)."""
     check_output(output)
-    from discord_ml.pools import PoolError, get_catalog
+    from discord_ml.cluster.pools import PoolError, get_catalog
 
     try:
         catalog = get_catalog()
@@ -57,7 +57,7 @@ def validate(
     Exit code 0 when every object passes, 1 when any rule is broken (each violation is printed with
     its path), 2 when a file cannot be read.
     """
-    from discord_ml.cluster.security import validate_manifests
+    from discord_ml.cluster.kuberay.security import validate_manifests
 
     objects: list[dict[str, Any]] = []
     for path in files:
@@ -83,7 +83,7 @@ def gc(
     With DAGSTER_HOME set, clusters whose Dagster run has ended are swept too; without it only
     clusters past their TTL.
     """
-    from discord_ml.automation import instance_run_status, sweep
+    from discord_ml.quests.automation import instance_run_status, sweep
 
     run_status = None
     if os.environ.get("DAGSTER_HOME"):

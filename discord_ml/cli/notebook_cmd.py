@@ -48,7 +48,7 @@ def notebook(
     if delete:
         fail("--delete is for kuberay notebook pods; a local notebook stops with Ctrl-C")
     from discord_ml.cluster.activity import record_notebook
-    from discord_ml.notebooks import jupyter_launch
+    from discord_ml.cluster.local.notebooks import jupyter_launch
 
     try:
         connection = provider(backend).connect(cluster, namespace=namespace)
@@ -71,10 +71,10 @@ def notebook(
 
 
 def _kuberay_notebook(cluster: str, namespace: str, *, port: int, delete: bool) -> None:
-    from discord_ml.cluster.kuberay import KubeRayProvider
-    from discord_ml.cluster.kuberay_notebooks import KubeRayNotebooks
-    from discord_ml.cluster.notebook_manifests import notebook_pod_name
-    from discord_ml.cluster.portforward import ForwardError
+    from discord_ml.cluster.kuberay.notebook_manifests import notebook_pod_name
+    from discord_ml.cluster.kuberay.notebooks import KubeRayNotebooks
+    from discord_ml.cluster.kuberay.portforward import ForwardError
+    from discord_ml.cluster.kuberay.provider import KubeRayProvider
     from discord_ml.cluster.provider import ClusterError
 
     clusters = KubeRayProvider(dashboard_access="port-forward")

@@ -30,7 +30,7 @@ def usage(
     from discord_ml.cli.common import provider
     from discord_ml.cluster.backends import default_backend
     from discord_ml.cluster.duration import parse_duration
-    from discord_ml.usage import GROUPS, gather, money, totals
+    from discord_ml.cluster.usage import GROUPS, gather, money, totals
 
     check_output(output)
     if by not in GROUPS:

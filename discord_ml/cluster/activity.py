@@ -78,7 +78,7 @@ def read_activity(provider: ClusterProvider, cluster: ClusterInfo, *, now: datet
     listed in `problems` and count as not busy (a dead cluster must still be reapable)."""
     import httpx
 
-    from discord_ml.jobs import job_time
+    from discord_ml.jobs.client import job_time
 
     busy: list[str] = []
     seen: list[datetime] = [cluster.created, *([cluster.last_active] if cluster.last_active else [])]
@@ -113,9 +113,9 @@ def _notebooks(provider: ClusterProvider, cluster: ClusterInfo, problems: list[s
     yield from _local_notebooks(cluster.namespace, cluster.name)
     if cluster.backend != "kuberay":
         return
-    from discord_ml.cluster.kuberay import KubeRayProvider
-    from discord_ml.cluster.kuberay_notebooks import KubeRayNotebooks
-    from discord_ml.cluster.notebook_manifests import JUPYTER_PORT
+    from discord_ml.cluster.kuberay.notebook_manifests import JUPYTER_PORT
+    from discord_ml.cluster.kuberay.notebooks import KubeRayNotebooks
+    from discord_ml.cluster.kuberay.provider import KubeRayProvider
 
     if not isinstance(provider, KubeRayProvider):
         return

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from discord_ml.cluster.provider import ClusterConnection, ClusterError, ClusterInfo
-from discord_ml.lake import Lake
+from discord_ml.quests.lake import Lake
 from discord_ml.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,8 @@ class LogStore:
 
 def _rate(info: ClusterInfo) -> dict[str, Any] | None:
     """The cluster's usage rate at deletion (prices change; its cost so far must not)."""
-    from discord_ml.pools import PoolError
-    from discord_ml.usage import rates, rates_json
+    from discord_ml.cluster.pools import PoolError
+    from discord_ml.cluster.usage import rates, rates_json
 
     try:
         return rates_json(rates(info.as_json()))
@@ -146,7 +146,7 @@ def _iso(value: str | None) -> datetime | None:
 
 
 def _job(entry: dict[str, Any], *, run_id: str | None, saved: bool) -> ArchivedJob:
-    from discord_ml.jobs import job_time
+    from discord_ml.jobs.client import job_time
 
     metadata = entry.get("metadata") or {}
     return ArchivedJob(
@@ -167,7 +167,7 @@ def archive_before_delete(provider: _Connectable, name: str, namespace: str, *, 
                           timeout: float | None = None) -> str | None:  # fmt: skip
     """Save the cluster's Ray jobs and logs (bounded by `timeout`); return the archive key, or None
     when nothing could be archived. Never raises: a deletion must not wait on its logs."""
-    from discord_ml.jobs import plain_text
+    from discord_ml.jobs.client import plain_text
 
     timeout = get_settings().archive_timeout_s if timeout is None else timeout
     deadline = time.monotonic() + timeout

@@ -22,11 +22,11 @@ def get_provider(backend: str | None = None) -> ClusterProvider:
     """
     name = backend or default_backend()
     if name == "local":
-        from discord_ml.cluster.local_provider import LocalRayProvider
+        from discord_ml.cluster.local.provider import LocalRayProvider
 
         return LocalRayProvider()
     if name == "kuberay":
-        from discord_ml.cluster.kuberay import DASHBOARD_ACCESS, KubeRayProvider
+        from discord_ml.cluster.kuberay.provider import DASHBOARD_ACCESS, KubeRayProvider
 
         access = os.environ.get("DML_KUBERAY_DASHBOARD", "dns")
         for known in DASHBOARD_ACCESS:

@@ -16,6 +16,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from discord_ml.cluster.duration import format_duration, parse_duration
+from discord_ml.cluster.kuberay.security import image_problem
 from discord_ml.cluster.names import (
     ENV_NAME,
     check_cluster_name,
@@ -25,9 +26,8 @@ from discord_ml.cluster.names import (
     check_subdomain,
     sanitize_label_value,
 )
+from discord_ml.cluster.pools import GpuPool, PoolCatalog, PoolError, get_catalog
 from discord_ml.cluster.quantity import format_bytes, format_cpu, parse_quantity
-from discord_ml.cluster.security import image_problem
-from discord_ml.pools import GpuPool, PoolCatalog, PoolError, get_catalog
 from discord_ml.settings import get_settings
 
 MIN_TTL_SECONDS = 10 * 60

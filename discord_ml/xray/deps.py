@@ -9,7 +9,7 @@ from urllib.parse import parse_qs
 from fastapi import Depends, Query, Request
 from fastapi.templating import Jinja2Templates
 
-from discord_ml.usage import money
+from discord_ml.cluster.usage import money
 from discord_ml.xray.auth import Identity, check_csrf, identify
 from discord_ml.xray.service import XRayService
 from discord_ml.xray.views import Filters, human_age

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from discord_ml.cluster.activity import record_notebook
-from discord_ml.cluster.processes import free_ports, log_tail
+from discord_ml.cluster.local.notebooks import jupyter_launch
+from discord_ml.cluster.local.processes import free_ports, log_tail
 from discord_ml.cluster.provider import ClusterConnection
-from discord_ml.notebooks import jupyter_launch
 
 
 class NotebookError(RuntimeError):

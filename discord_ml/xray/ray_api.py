@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from discord_ml.cluster.provider import ClusterConnection
-from discord_ml.jobs import job_time, plain_text
+from discord_ml.jobs.client import job_time, plain_text
 from discord_ml.xray.views import FilterError
 
 JOB_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")

@@ -31,7 +31,7 @@ from discord_ml.xray.runs import RunStatuses
 from discord_ml.xray.views import ClusterRow, Filters, cluster_path, cluster_row, cluster_rows
 
 if TYPE_CHECKING:
-    from discord_ml.cluster.kuberay_notebooks import KubeRayNotebooks, NotebookPod
+    from discord_ml.cluster.kuberay.notebooks import KubeRayNotebooks, NotebookPod
 
 
 @dataclass
@@ -186,8 +186,8 @@ class XRayService:
         """Notebook pods, where the backend runs notebooks next to the cluster (kuberay)."""
         if getattr(provider, "backend", "") != "kuberay":
             return None
-        from discord_ml.cluster.kuberay import KubeRayProvider
-        from discord_ml.cluster.kuberay_notebooks import KubeRayNotebooks
+        from discord_ml.cluster.kuberay.notebooks import KubeRayNotebooks
+        from discord_ml.cluster.kuberay.provider import KubeRayProvider
 
         return KubeRayNotebooks(provider) if isinstance(provider, KubeRayProvider) else None
 

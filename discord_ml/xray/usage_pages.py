@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from discord_ml.usage import gather, totals
+from discord_ml.cluster.usage import gather, totals
 from discord_ml.xray.deps import Service, User
 from discord_ml.xray.pages import render
 from discord_ml.xray.service import XRayService

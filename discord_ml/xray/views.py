@@ -142,8 +142,8 @@ def cluster_row(cluster: ClusterInfo, *, now: datetime, run_statuses: Mapping[st
 
 
 def _price(cluster: ClusterInfo) -> float | None:
-    from discord_ml.pools import PoolError
-    from discord_ml.usage import rates
+    from discord_ml.cluster.pools import PoolError
+    from discord_ml.cluster.usage import rates
 
     try:
         return rates(cluster.as_json()).price_per_hour

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from discord_ml.cluster.kuberay import KubeRayProvider
-from discord_ml.cluster.local_provider import LocalRayProvider
+from discord_ml.cluster.kuberay.provider import KubeRayProvider
+from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml.settings import get_settings
 from discord_ml_tests.support.k8s_emulator import KubeEmulator

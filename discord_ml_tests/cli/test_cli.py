@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from discord_ml.cli.main import app
-from discord_ml.cluster.local import cluster_dir_prefix
-from discord_ml.cluster.local_provider import LocalRayProvider
-from discord_ml.cluster.processes import processes_using
+from discord_ml.cluster.local.nodes import cluster_dir_prefix
+from discord_ml.cluster.local.processes import processes_using
+from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml_tests.support.k8s_emulator import KubeEmulator
 
@@ -187,7 +187,7 @@ def test_kuberay_create_list_all_namespaces_delete(runner: CliRunner, kuberay_ap
 def test_notebook_runs_jupyterlab_attached_to_the_cluster() -> None:
     import urllib.request
 
-    from discord_ml.cluster.processes import free_ports
+    from discord_ml.cluster.local.processes import free_ports
 
     provider = LocalRayProvider()
     provider.create(ClusterSpec.build(name="cli-nb", owner="alice", workers=0, head_memory="1Gi"))

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from discord_ml.automation import sweep
 from discord_ml.cluster.archive import LogStore
-from discord_ml.cluster.kuberay import KubeRayProvider
-from discord_ml.cluster.local_provider import LocalRayProvider
+from discord_ml.cluster.kuberay.provider import KubeRayProvider
+from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.provider import ClusterNotFoundError, ClusterProvider
 from discord_ml.cluster.spec import ClusterSpec
+from discord_ml.quests.automation import sweep
 from discord_ml.xray.notebooks import NotebookSessions
 from discord_ml_tests.support.jupyter import busy_kernel
 from discord_ml_tests.support.k8s_emulator import KubeEmulator

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from discord_ml.cli.main import app
 from discord_ml.cluster.archive import LogStore, archive_before_delete
-from discord_ml.cluster.local_provider import LocalRayProvider
+from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.provider import ClusterConnection, ClusterInfo, ClusterNotFoundError, ClusterStatus
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.jobs import submit_and_follow
+from discord_ml.jobs.client import submit_and_follow
 from discord_ml.xray.app import create_app
 from discord_ml.xray.config import XRayConfig
 from discord_ml.xray.runs import no_run_statuses

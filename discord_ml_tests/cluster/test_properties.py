@@ -8,10 +8,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from discord_ml.cluster.manifests import build_network_policy, build_ray_cluster, build_ray_job
-from discord_ml.cluster.security import validate_manifest
+from discord_ml.cluster.kuberay.manifests import build_network_policy, build_ray_cluster, build_ray_job
+from discord_ml.cluster.kuberay.security import validate_manifest
+from discord_ml.cluster.pools import GpuPool, load_catalog
 from discord_ml.cluster.spec import ClusterSpec, Purpose, SpecError
-from discord_ml.pools import GpuPool, load_catalog
 from discord_ml_tests.support.schemas import crd_errors, k8s_errors, pod_errors
 
 CATALOG = load_catalog()
@@ -55,7 +55,7 @@ def valid_specs(draw: st.DrawFn) -> dict[str, Any]:
 def test_any_valid_spec_yields_valid_manifests(fields: dict[str, Any]) -> None:
     spec = ClusterSpec.build(**fields)
     cluster = build_ray_cluster(spec)
-    job = build_ray_job(spec, "python -m discord_ml.ml.smoke")
+    job = build_ray_job(spec, "python -m discord_ml.orchestration.smoke")
     for manifest in (cluster, job):
         assert crd_errors(manifest) == []
         assert pod_errors(manifest) == []

@@ -4,7 +4,7 @@ from typing import Any
 
 import dagster as dg
 
-from discord_ml.resources import RayClusterResource
+from discord_ml.orchestration.resources import RayClusterResource
 
 MARKER = "dml-test-job-running"
 

@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlparse
 
 import yaml
 
-from discord_ml.cluster.local import LocalRayCluster
+from discord_ml.cluster.local.nodes import LocalRayCluster
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml_tests.support import k8s_kubelet, k8s_portforward
 from discord_ml_tests.support.k8s_kubelet import LocalContainer

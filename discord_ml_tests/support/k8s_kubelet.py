@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from discord_ml.cluster.processes import free_ports, log_tail, signal_group
+from discord_ml.cluster.local.processes import free_ports, log_tail, signal_group
 
 
 @dataclass

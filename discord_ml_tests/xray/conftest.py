@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from discord_ml.cluster.local_provider import LocalRayProvider
+from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml.xray.app import create_app
 from discord_ml.xray.config import XRayConfig

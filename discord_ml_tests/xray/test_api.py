@@ -16,11 +16,11 @@ import dagster as dg
 import pytest
 from fastapi.testclient import TestClient
 
-from discord_ml.cluster.kuberay import KubeRayProvider
-from discord_ml.cluster.processes import group_alive
+from discord_ml.cluster.kuberay.provider import KubeRayProvider
+from discord_ml.cluster.local.processes import group_alive
 from discord_ml.cluster.provider import ClusterStatus
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.jobs import submit_and_follow
+from discord_ml.jobs.client import submit_and_follow
 from discord_ml.xray.app import create_app
 from discord_ml.xray.config import XRayConfig
 from discord_ml.xray.runs import DagsterRunStatuses, no_run_statuses

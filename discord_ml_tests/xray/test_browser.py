@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
-from discord_ml.jobs import submit_and_follow
+from discord_ml.jobs.client import submit_and_follow
 from discord_ml_tests.xray.conftest import XRayWorld
 
 pytestmark = pytest.mark.slow
