@@ -156,7 +156,7 @@ class Drill:
     def sweep(self) -> list[str]:
         """One tick of the sweeper sensor per backend, as the daemon would run it."""
         from discord_ml.orchestration.resources import RayClusterResource
-        from discord_ml.quests.automation import ray_cluster_sweeper
+        from discord_ml.orchestration.sweeper import ray_cluster_sweeper
 
         said = []
         for backend in ("local", "kuberay"):

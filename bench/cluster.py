@@ -27,7 +27,7 @@ from discord_ml.cluster.local.nodes import ray_executable
 from discord_ml.cluster.local.processes import free_ports, group_alive
 from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.jobs.client import submit_and_follow
+from discord_ml.jobs.client import RayJobs
 from discord_ml.orchestration.resources import RayClusterResource
 
 JOB = "python -c \"print('hello', flush=True)\""
@@ -96,7 +96,7 @@ def bare_job(dashboard: str, token: str) -> float:
 
 def platform_job(dashboard: str, headers: dict[str, str]) -> float:
     started = time.monotonic()
-    submit_and_follow(dashboard, entrypoint=JOB, headers=headers, on_line=lambda _: None)
+    RayJobs(dashboard, headers=headers).submit_and_follow(entrypoint=JOB, on_line=lambda _: None)
     return time.monotonic() - started
 
 

@@ -38,7 +38,7 @@ import psutil
 
 from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.jobs.client import submit_and_follow
+from discord_ml.jobs.client import RayJobs
 from discord_ml.quests.lake import Lake, date_str
 from discord_ml.quests.ml.world import REQUEST_ROW_GROUP, WorldConfig, generate
 from discord_ml.quests.model_registry import ModelRegistry
@@ -205,8 +205,7 @@ def main() -> None:
         def job(command: str, label: str) -> float:
             begun = time.perf_counter()
             lines.clear()
-            outcome = submit_and_follow(connection.dashboard_url, entrypoint=command, headers=connection.headers,
-                                        on_line=lines.append)  # fmt: skip
+            outcome = RayJobs.of(connection).submit_and_follow(entrypoint=command, on_line=lines.append)
             seconds = time.perf_counter() - begun
             if outcome.status != "SUCCEEDED":
                 raise RuntimeError(f"{label} ended {outcome.status}:\n" + "\n".join(lines[-40:]))

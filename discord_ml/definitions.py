@@ -4,6 +4,7 @@ import dagster as dg
 
 from discord_ml.orchestration.platform_check import platform_check_job, ray_cluster_check
 from discord_ml.orchestration.resources import RayClusterResource
+from discord_ml.orchestration.sweeper import ray_cluster_sweeper
 from discord_ml.quests.assets import (
     QUESTS_ASSETS,
     DataLakeResource,
@@ -12,7 +13,7 @@ from discord_ml.quests.assets import (
     quests_retrain_job,
     raw_impressions,
 )
-from discord_ml.quests.automation import daily_retrain_schedule, landed_impressions_sensor, ray_cluster_sweeper
+from discord_ml.quests.automation import daily_retrain_schedule, landed_impressions_sensor
 
 defs = dg.Definitions(
     assets=[ray_cluster_check, raw_impressions, *QUESTS_ASSETS],

@@ -87,7 +87,7 @@ def session(
       ray job submit -- python train.py
     """
     from discord_ml.cluster.attach import SHELLS, ray_env, record_session, render, token_file
-    from discord_ml.cluster.kuberay.manifests import DASHBOARD_PORT, RAY_CLIENT_PORT
+    from discord_ml.cluster.conventions import DASHBOARD_PORT, RAY_CLIENT_PORT
     from discord_ml.cluster.kuberay.portforward import ForwardError
     from discord_ml.cluster.kuberay.provider import KubeRayProvider
     from discord_ml.cluster.provider import ClusterError, ClusterNotFoundError

@@ -26,6 +26,7 @@ from discord_ml.cli.common import (
     require_owner,
 )
 from discord_ml.cluster.duration import parse_duration
+from discord_ml.cluster.session import CleanupPolicy, ClusterSession
 from discord_ml.cluster.spec import ClusterSpec, Purpose, SpecError
 
 app = typer.Typer(help="Create, list, inspect and delete Ray clusters.", no_args_is_help=True)
@@ -119,10 +120,10 @@ def create(
         fail("the manifests break security rules:\n" + "\n".join(f"  {v}" for v in violations))
     if dry_run:
         typer.echo(render(manifests, output))
-        _check_capacity(spec, backend, allow_pending=allow_pending, dry_run=True)
+        _check_capacity(spec, backend)
         return
-    _check_capacity(spec, backend, allow_pending=allow_pending, dry_run=False)
-    info = create_and_wait(spec, backend=backend, wait=wait, timeout_s=timeout_s)
+    info = open_session(spec, backend=backend, wait=wait, timeout_s=timeout_s, allow_pending=allow_pending).info
+    assert info is not None  # an open session has its cluster
     typer.echo(
         f"cluster {info.name} is {info.status}" + (f": dashboard {info.dashboard_url}" if info.dashboard_url else "")
     )
@@ -132,9 +133,9 @@ def create(
     typer.echo(f"  dml cluster delete {info.name}")
 
 
-def _check_capacity(spec: ClusterSpec, backend: str | None, *, allow_pending: bool, dry_run: bool) -> None:
-    """Exit 2 before anything is created when the cluster cannot fit (unless --allow-pending); with
-    --dry-run on the local backend (nothing to check) stay silent, so the manifests stay offline."""
+def _check_capacity(spec: ClusterSpec, backend: str | None) -> None:
+    """--dry-run: exit 2 when the cluster cannot fit, else say it fits; on the local backend (nothing
+    to check) stay silent, so the manifests stay offline."""
     from discord_ml.cluster.backends import default_backend
     from discord_ml.cluster.provider import CapacityError, ClusterError, require_capacity
 
@@ -143,42 +144,31 @@ def _check_capacity(spec: ClusterSpec, backend: str | None, *, allow_pending: bo
     try:
         require_capacity(provider(backend), spec)
     except CapacityError as exc:
-        if not allow_pending:
-            fail(str(exc))
-        typer.echo(f"warning: {exc}", err=True)
+        fail(str(exc))
     except ClusterError as exc:
         fail(f"capacity could not be checked: {exc}")
-    else:
-        if dry_run:
-            typer.echo(f"capacity: {spec.cluster_name} fits (quota and nodes in {spec.namespace})", err=True)
+    typer.echo(f"capacity: {spec.cluster_name} fits (quota and nodes in {spec.namespace})", err=True)
 
 
-def create_and_wait(spec: ClusterSpec, *, backend: str | None, wait: bool, timeout_s: float) -> Any:
-    """Create the cluster and (if `wait`) wait for it with a live status line; nothing is left on failure."""
+def open_session(spec: ClusterSpec, *, backend: str | None, wait: bool, timeout_s: float, allow_pending: bool = False,
+                 cleanup: CleanupPolicy = CleanupPolicy.NEVER) -> ClusterSession:  # fmt: skip
+    """Create the cluster and (if `wait`) wait for it with a live status line; exit 2 naming what went
+    wrong, with nothing left behind."""
     from rich.console import Console
 
-    from discord_ml.cluster.provider import ClusterError, ClusterExistsError
+    from discord_ml.cluster.provider import ClusterError
 
     clusters = provider(backend)
-    console = Console(stderr=True)
-    name, namespace = spec.cluster_name, spec.namespace
-    try:
-        with console.status(f"creating {name} ({clusters.backend}, {spec.gpu_pool} x {spec.workers})...") as status:
-            info = clusters.create(spec)
-            if wait:
-                info = clusters.wait_ready(
-                    name, namespace=namespace, timeout=timeout_s,
-                    on_progress=lambda i: status.update(f"{i.name}: {i.status} {i.reason}".rstrip()),
-                )  # fmt: skip
-    except ClusterExistsError as exc:
-        fail(str(exc))  # someone else's cluster: leave it alone
-    except ClusterError as exc:
-        clusters.delete(name, namespace=namespace)  # a failed create leaves no cluster behind
-        fail(str(exc))
-    except KeyboardInterrupt:
-        clusters.delete(name, namespace=namespace)
-        raise
-    return info
+    session = ClusterSession(clusters, spec, ready_timeout_s=timeout_s, wait=wait, allow_pending=allow_pending,
+                             cleanup=cleanup, on_warning=lambda w: typer.echo(f"warning: {w}", err=True))  # fmt: skip
+    with Console(stderr=True).status(f"creating {spec.cluster_name} ({clusters.backend}, {spec.gpu_pool} x "
+                                     f"{spec.workers})...") as status:  # fmt: skip
+        session.on_progress = lambda i: status.update(f"{i.name}: {i.status} {i.reason}".rstrip())
+        try:
+            session.open()
+        except ClusterError as exc:
+            fail(str(exc))
+    return session
 
 
 @app.command("list")

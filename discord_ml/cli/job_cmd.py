@@ -8,13 +8,18 @@ from __future__ import annotations
 import secrets
 import shlex
 import signal
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from discord_ml.cli.cluster_cmd import Cpu, Gpus, Image, Memory, Pool, Ttl, build_spec, create_and_wait
+from discord_ml.cli.cluster_cmd import Cpu, Gpus, Image, Memory, Pool, Ttl, build_spec, open_session
 from discord_ml.cli.common import Backend, Namespace, Output, check_output, fail, print_json, print_table, provider
+from discord_ml.cluster.session import CleanupPolicy
 from discord_ml.cluster.spec import Purpose
+from discord_ml.jobs.client import DashboardUnavailableError, InvalidJobIdError, JobNotFoundError, RayJobs
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Submit Ray jobs, follow their logs, inspect and stop them.", no_args_is_help=True)
 JobId = Annotated[str, typer.Argument(help="Job id as printed by `dml job submit` (<cluster>_<hex>).")]
@@ -63,14 +68,16 @@ def _archived_note(job_id: str) -> tuple[Any, Any]:
     return archive, job
 
 
-def _job_client(connection: Any) -> Any:
-    from ray.job_submission import JobSubmissionClient
-
-    return JobSubmissionClient(connection.dashboard_url, headers=dict(connection.headers))
+def _jobs(cluster: str, namespace: str | None, backend: str | None) -> RayJobs:
+    return RayJobs.of(_connect(cluster, namespace, backend))
 
 
-def _client(cluster: str, namespace: str | None, backend: str | None) -> Any:
-    return _job_client(_connect(cluster, namespace, backend))
+def _calling(action: Callable[[], T]) -> T:
+    """`action()`, or exit 2 with what the Jobs API said (no such job, dashboard unreachable)."""
+    try:
+        return action()
+    except (JobNotFoundError, DashboardUnavailableError, InvalidJobIdError) as exc:
+        fail(str(exc))
 
 
 def _cluster_of(job_id: str, cluster: str | None) -> str:
@@ -128,32 +135,27 @@ def submit(
         raise typer.Exit(_run(cluster, namespace, backend, command, runtime_env, wait))
     spec = build_spec(name=None, gpus=gpus, pool=pool, workers=workers or 1, memory=memory, cpu=cpu, image=image,
                       namespace=namespace, ttl=ttl, purpose=Purpose.ADHOC)  # fmt: skip
-    clusters = provider(backend)
     # SIGTERM too (a killed CI step, `timeout`): leave through the same teardown as Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
+    session = open_session(spec, backend=backend, wait=True, timeout_s=600, cleanup=CleanupPolicy.ALWAYS)
     try:
-        create_and_wait(spec, backend=backend, wait=True, timeout_s=600)
         code = _run(spec.cluster_name, spec.namespace, backend, command, runtime_env, wait=True)
     finally:
         typer.echo(f"deleting ephemeral cluster {spec.cluster_name}", err=True)
-        clusters.delete(spec.cluster_name, namespace=spec.namespace)
+        session.close(failed=True)
     raise typer.Exit(code)
 
 
 def _run(cluster: str, namespace: str | None, backend: str | None, command: str, runtime_env: dict[str, Any],
          wait: bool) -> int:  # fmt: skip
-    from discord_ml.jobs.client import job_url, submit_and_follow
-
-    connection = _connect(cluster, namespace, backend)
+    jobs = _jobs(cluster, namespace, backend)
     job_id = f"{cluster}_{secrets.token_hex(4)}"
     if not wait:
-        _job_client(connection).submit_job(entrypoint=command, runtime_env=runtime_env or None, submission_id=job_id)
-        typer.echo(job_id)
+        typer.echo(_calling(lambda: jobs.submit(entrypoint=command, runtime_env=runtime_env, submission_id=job_id)))
         return 0
-    typer.echo(f"job {job_id} on {cluster}: {job_url(connection.dashboard_url, job_id)}", err=True)
-    outcome = submit_and_follow(connection.dashboard_url, entrypoint=command, headers=connection.headers,
-                                runtime_env=runtime_env or None, on_line=typer.echo, submission_id=job_id,
-                                raise_on_failure=False)  # fmt: skip
+    typer.echo(f"job {job_id} on {cluster}: {jobs.url(job_id=job_id)}", err=True)
+    outcome = _calling(lambda: jobs.submit_and_follow(entrypoint=command, runtime_env=runtime_env, on_line=typer.echo,
+                                                      submission_id=job_id, raise_on_failure=False))  # fmt: skip
     typer.echo(f"job {job_id} {outcome.status} in {outcome.duration_s:.1f}s", err=True)
     if outcome.status == "SUCCEEDED":
         return 0
@@ -178,17 +180,12 @@ def logs(
             fail(f"the log of job {job_id} was not saved: {archive.problem or 'the job had no log'}")
         typer.echo(LogStore().log(archive.key, job_id), nl=False)
         return
-    client = _job_client(connection)
-    if not follow:
-        typer.echo(client.get_job_logs(job_id), nl=False)
-        return
-    import asyncio
-
-    async def stream() -> None:
-        async for chunk in client.tail_job_logs(job_id):
-            typer.echo(chunk, nl=False)
-
-    asyncio.run(stream())
+    jobs = RayJobs.of(connection)
+    if follow:
+        _calling(lambda: jobs.follow(job_id=job_id, on_line=typer.echo, raise_on_failure=False,
+                                     stop_on_interrupt=False))  # fmt: skip
+    else:
+        typer.echo(_calling(lambda: jobs.logs(job_id=job_id)), nl=False)
 
 
 @app.command()
@@ -207,9 +204,9 @@ def status(
         data = {"job_id": job_id, "status": job.status, "message": job.message, "entrypoint": job.entrypoint,
                 "exit_code": None}  # fmt: skip
     else:
-        info = _job_client(connection).get_job_info(job_id)
-        data = {"job_id": job_id, "status": str(info.status), "message": info.message, "entrypoint": info.entrypoint,
-                "exit_code": getattr(info, "driver_exit_code", None)}  # fmt: skip
+        info = _calling(lambda: RayJobs.of(connection).status(job_id=job_id))
+        data = {"job_id": job_id, "status": info.status, "message": info.message, "entrypoint": info.entrypoint,
+                "exit_code": info.exit_code}  # fmt: skip
     if output == "json":
         print_json(data)
     else:
@@ -224,7 +221,8 @@ def stop(
     backend: Backend = None,
 ) -> None:
     """Stop a running job."""
-    stopped = _client(_cluster_of(job_id, cluster), namespace, backend).stop_job(job_id)
+    jobs = _jobs(_cluster_of(job_id, cluster), namespace, backend)
+    stopped = _calling(lambda: jobs.stop(job_id=job_id))
     typer.echo(f"job {job_id} {'stopping' if stopped else 'was not running'}")
 
 
@@ -237,9 +235,10 @@ def list_(
 ) -> None:
     """List a cluster's jobs."""
     check_output(output)
-    jobs = _client(cluster, namespace, backend).list_jobs()
-    rows = [{"job_id": j.submission_id, "status": str(j.status), "entrypoint": j.entrypoint,
-             "start_time": j.start_time, "end_time": j.end_time} for j in jobs]  # fmt: skip
+    jobs = _calling(_jobs(cluster, namespace, backend).list)
+    rows = [{"job_id": j.job_id, "status": j.status, "entrypoint": j.entrypoint,
+             "start_time": j.start.isoformat() if j.start else None,
+             "end_time": j.end.isoformat() if j.end else None} for j in jobs]  # fmt: skip
     if output == "json":
         print_json(rows)
     else:

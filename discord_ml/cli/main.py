@@ -83,16 +83,12 @@ def gc(
     With DAGSTER_HOME set, clusters whose Dagster run has ended are swept too; without it only
     clusters past their TTL.
     """
-    from discord_ml.quests.automation import instance_run_status, sweep
+    from discord_ml.cluster.sweep import sweep
+    from discord_ml.orchestration.run_statuses import from_environment
 
-    run_status = None
-    if os.environ.get("DAGSTER_HOME"):
-        import dagster as dg
-
-        run_status = instance_run_status(dg.DagsterInstance.get())
-    else:
-        typer.echo("DAGSTER_HOME is not set: only clusters past their TTL are swept", err=True)
-    actions = sweep(provider(backend), run_status, dry_run=dry_run)
+    if not os.environ.get("DAGSTER_HOME"):
+        typer.echo("DAGSTER_HOME is not set: only clusters past their TTL or idle are swept", err=True)
+    actions = sweep(provider(backend), from_environment(), dry_run=dry_run)
     for action in actions:
         typer.echo(f"{('would delete' if dry_run else 'deleted') if action.delete else 'kept'} {action}")
     if not actions:

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from discord_ml.cluster.provider import ClusterInfo, ClusterProvider
 from discord_ml.settings import get_settings
+
+if TYPE_CHECKING:
+    from discord_ml.jobs.records import JobInfo
 
 HEARTBEAT_S = 60.0  # how often a Dagster step holding a cluster says so
 HEARTBEAT_GRACE = timedelta(seconds=3 * HEARTBEAT_S)  # a step missing three beats is gone
@@ -73,30 +76,30 @@ def _iso(value: Any) -> datetime | None:
     return None
 
 
-def read_activity(provider: ClusterProvider, cluster: ClusterInfo, *, now: datetime, timeout: float = 10.0) -> Activity:
-    """Ask the cluster's Jobs API and its notebooks what is going on. Parts that cannot be read are
-    listed in `problems` and count as not busy (a dead cluster must still be reapable)."""
+def read_activity(provider: ClusterProvider, cluster: ClusterInfo, *, now: datetime, timeout: float = 10.0,
+                  jobs: Sequence[JobInfo] | None = None) -> Activity:  # fmt: skip
+    """Ask the cluster's Jobs API (unless its `jobs` were just read) and its notebooks what is going on.
+    Parts that cannot be read are listed in `problems` and count as not busy (a dead cluster must still
+    be reapable)."""
     import httpx
 
-    from discord_ml.jobs.client import job_time
+    from discord_ml.jobs.client import RayJobs
 
     busy: list[str] = []
     seen: list[datetime] = [cluster.created, *([cluster.last_active] if cluster.last_active else [])]
     problems: list[str] = []
     if cluster.last_active and now - cluster.last_active < HEARTBEAT_GRACE:
         busy.append(f"a Dagster step (heartbeat {int((now - cluster.last_active).total_seconds())}s ago)")
+    try:
+        if jobs is None:
+            jobs = RayJobs.of(provider.connect(cluster.name, namespace=cluster.namespace), timeout=timeout).list()
+        for job in jobs:
+            if job.status in BUSY_JOB_STATES:
+                busy.append(f"Ray job {job.job_id} {job.status.lower()}")
+            seen += [t for t in (job.start, job.end) if t]
+    except Exception as exc:  # reported; an unreadable dashboard is not a busy one
+        problems.append(f"Ray jobs could not be read: {type(exc).__name__}: {exc}")
     with httpx.Client(timeout=timeout) as client:
-        try:
-            connection = provider.connect(cluster.name, namespace=cluster.namespace)
-            response = client.get(f"{connection.dashboard_url}/api/jobs/", headers=dict(connection.headers))
-            response.raise_for_status()
-            for job in response.json():
-                job_id = job.get("submission_id") or job.get("job_id")
-                if job.get("status") in BUSY_JOB_STATES:
-                    busy.append(f"Ray job {job_id} {str(job['status']).lower()}")
-                seen += [t for t in (job_time(job.get("start_time")), job_time(job.get("end_time"))) if t]
-        except Exception as exc:  # reported; an unreadable dashboard is not a busy one
-            problems.append(f"Ray jobs could not be read: {type(exc).__name__}: {exc}")
         for base, token in _notebooks(provider, cluster, problems):
             try:
                 for kernel in _kernels(client, base, token):

@@ -2,8 +2,8 @@
 or the sweeper: every path goes through a provider's `delete`), each Ray job's whole log and final
 status are saved to the log store, keyed by cluster, job id and Dagster run.
 
-The store is `DML_LOG_ROOT` (else `$DML_HOME/logs`): a path or an object-store URL, written with the
-data lake's rules (each file under a temporary name, then moved into place). A cluster's record,
+The store is `DML_LOG_ROOT` (else `$DML_HOME/logs`): a path or an object-store URL, written by the
+store's rules (`discord_ml.storage`: each file under a temporary name, then moved into place). A cluster's record,
 written last, is what makes its archive visible. Archiving is bounded (`DML_ARCHIVE_TIMEOUT_S`) and
 never stops a deletion: what could not be saved is logged and recorded with the archive.
 
@@ -18,12 +18,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from discord_ml.cluster.provider import ClusterConnection, ClusterError, ClusterInfo
-from discord_ml.quests.lake import Lake
 from discord_ml.settings import get_settings
+from discord_ml.storage import Store
+
+if TYPE_CHECKING:
+    from discord_ml.jobs.records import JobInfo
 
 log = logging.getLogger(__name__)
 STAMP = "%Y%m%dT%H%M%S%fZ"
@@ -68,22 +71,23 @@ class LogStore:
     """The archive under one root."""
 
     def __init__(self, root: str | None = None) -> None:
-        self.lake = Lake(root or get_settings().log_root)
+        self.store = Store(root or get_settings().log_root)
 
-    def save(self, info: ClusterInfo, jobs: list[dict[str, Any]], logs: dict[str, str], *,
+    def save(self, info: ClusterInfo, jobs: list[JobInfo], logs: dict[str, str], *,
              problem: str | None = None, deleted: datetime | None = None,
              rate: dict[str, Any] | None = None) -> str:  # fmt: skip
         """Write the logs, then the cluster's record, then each job's pointer; return the archive key."""
         deleted = deleted or datetime.now(UTC)
         key = f"{deleted.strftime(STAMP)}_{info.backend}_{info.namespace}_{info.name}"
         for job_id, text in logs.items():
-            self.lake.write_bytes_atomic(self.lake.path("clusters", key, "logs", f"{quote(job_id)}.log"), text.encode())
-        archived = [_job(j, run_id=info.run_id, saved=str(j.get("submission_id")) in logs) for j in jobs]
+            path = self.store.path("clusters", key, "logs", f"{quote(job_id)}.log")
+            self.store.write_bytes_atomic(path, text.encode())
+        archived = [_job(j, run_id=info.run_id, saved=j.job_id in logs) for j in jobs]
         record = {"key": key, "cluster": info.as_json(), "deleted": deleted.isoformat(), "problem": problem,
                   "rate": rate, "jobs": [_job_json(j) for j in archived]}  # fmt: skip
-        self.lake.write_bytes_atomic(self.lake.path("clusters", key, "cluster.json"), json.dumps(record).encode())
+        self.store.write_bytes_atomic(self.store.path("clusters", key, "cluster.json"), json.dumps(record).encode())
         for job in archived:
-            self.lake.write_bytes_atomic(self.lake.path("jobs", f"{quote(job.job_id)}.json"),
+            self.store.write_bytes_atomic(self.store.path("jobs", f"{quote(job.job_id)}.json"),
                                          json.dumps({"cluster": key}).encode())  # fmt: skip
         return key
 
@@ -91,42 +95,42 @@ class LogStore:
         """Archived clusters deleted within `since` (all if None), newest first."""
         from pyarrow import fs as pafs
 
-        selector = pafs.FileSelector(self.lake.path("clusters"), allow_not_found=True)
-        keys = sorted((i.base_name for i in self.lake.filesystem.get_file_info(selector)
+        selector = pafs.FileSelector(self.store.path("clusters"), allow_not_found=True)
+        keys = sorted((i.base_name for i in self.store.filesystem.get_file_info(selector)
                        if i.type == pafs.FileType.Directory), reverse=True)  # fmt: skip
         oldest = (now or datetime.now(UTC)) - since if since else None
         found = []
         for key in keys:
             if oldest and datetime.strptime(key.split("_", 1)[0], STAMP).replace(tzinfo=UTC) < oldest:
                 break  # keys sort by deletion time
-            if self.lake.exists(self.lake.path("clusters", key, "cluster.json")):
+            if self.store.exists(self.store.path("clusters", key, "cluster.json")):
                 found.append(self.cluster(key))
         return found
 
     def cluster(self, key: str) -> ArchivedCluster:
         """One archive. Raises LookupError."""
-        path = self.lake.path("clusters", key, "cluster.json")
-        if "/" in key or not self.lake.exists(path):
+        path = self.store.path("clusters", key, "cluster.json")
+        if "/" in key or not self.store.exists(path):
             raise LookupError(f"no archived cluster {key!r}")
-        record = self.lake.read_json(path)
+        record = self.store.read_json(path)
         jobs = [ArchivedJob(**{**j, "start": _iso(j["start"]), "end": _iso(j["end"])}) for j in record["jobs"]]
         return ArchivedCluster(key, record["cluster"], datetime.fromisoformat(record["deleted"]), jobs,
                                record.get("problem"), record.get("rate"))  # fmt: skip
 
     def find_job(self, job_id: str) -> tuple[ArchivedCluster, ArchivedJob] | None:
         """The archived job with this id and its cluster's archive, if any."""
-        pointer = self.lake.path("jobs", f"{quote(job_id)}.json")
-        if not self.lake.exists(pointer):
+        pointer = self.store.path("jobs", f"{quote(job_id)}.json")
+        if not self.store.exists(pointer):
             return None
-        archive = self.cluster(self.lake.read_json(pointer)["cluster"])
+        archive = self.cluster(self.store.read_json(pointer)["cluster"])
         return next(((archive, j) for j in archive.jobs if j.job_id == job_id), None)
 
     def log(self, key: str, job_id: str) -> str:
         """An archived job's whole log. Raises LookupError."""
-        path = self.lake.path("clusters", key, "logs", f"{quote(job_id)}.log")
-        if not self.lake.exists(path):
+        path = self.store.path("clusters", key, "logs", f"{quote(job_id)}.log")
+        if not self.store.exists(path):
             raise LookupError(f"no archived log of job {job_id!r} in {key!r}")
-        with self.lake.filesystem.open_input_stream(path) as f:
+        with self.store.filesystem.open_input_stream(path) as f:
             return f.read().decode()
 
 
@@ -145,16 +149,10 @@ def _iso(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def _job(entry: dict[str, Any], *, run_id: str | None, saved: bool) -> ArchivedJob:
-    from discord_ml.jobs.client import job_time
-
-    metadata = entry.get("metadata") or {}
-    return ArchivedJob(
-        job_id=str(entry.get("submission_id") or entry.get("job_id") or ""), status=str(entry.get("status", "")),
-        entrypoint=str(entry.get("entrypoint") or ""), message=str(entry.get("message") or ""),
-        start=job_time(entry.get("start_time")), end=job_time(entry.get("end_time")),
-        run_id=metadata.get("dagster_run_id") or run_id, log_saved=saved,
-    )  # fmt: skip
+def _job(job: JobInfo, *, run_id: str | None, saved: bool) -> ArchivedJob:
+    return ArchivedJob(job_id=job.job_id, status=job.status, entrypoint=job.entrypoint, message=job.message,
+                       start=job.start, end=job.end, run_id=job.metadata.get("dagster_run_id") or run_id,
+                       log_saved=saved)  # fmt: skip
 
 
 def _job_json(job: ArchivedJob) -> dict[str, Any]:
@@ -167,7 +165,7 @@ def archive_before_delete(provider: _Connectable, name: str, namespace: str, *, 
                           timeout: float | None = None) -> str | None:  # fmt: skip
     """Save the cluster's Ray jobs and logs (bounded by `timeout`); return the archive key, or None
     when nothing could be archived. Never raises: a deletion must not wait on its logs."""
-    from discord_ml.jobs.client import plain_text
+    from discord_ml.jobs.client import RayJobs
 
     timeout = get_settings().archive_timeout_s if timeout is None else timeout
     deadline = time.monotonic() + timeout
@@ -175,28 +173,22 @@ def archive_before_delete(provider: _Connectable, name: str, namespace: str, *, 
         info = provider.get(name, namespace=namespace)
     except ClusterError:
         return None  # nothing to archive: already gone
-    jobs: list[dict[str, Any]] = []
+    jobs: list[JobInfo] = []
     logs: dict[str, str] = {}
     problem = None
     try:
-        import httpx
+        api = RayJobs.of(provider.connect(name, namespace=namespace))
 
-        connection = provider.connect(name, namespace=namespace)
-        with httpx.Client(base_url=connection.dashboard_url, headers=dict(connection.headers)) as client:
+        def in_time() -> RayJobs:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"archiving took over {timeout:.0f}s (DML_ARCHIVE_TIMEOUT_S)")
+            return api.with_timeout(min(left, 10.0))
 
-            def get(path: str) -> Any:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"archiving took over {timeout:.0f}s (DML_ARCHIVE_TIMEOUT_S)")
-                response = client.get(path, timeout=min(left, 10.0))
-                response.raise_for_status()
-                return response.json()
-
-            jobs = [j for j in get("/api/jobs/") if isinstance(j, dict)]
-            for job in jobs:
-                submission = job.get("submission_id")
-                if submission:  # drivers started by `ray.init()` alone have no submission and no log API
-                    logs[str(submission)] = plain_text(str(get(f"/api/jobs/{quote(submission)}/logs").get("logs", "")))
+        jobs = in_time().list()
+        for job in jobs:
+            if job.has_logs:  # drivers started by `ray.init()` alone have no submission and no log API
+                logs[job.job_id] = in_time().logs(job_id=job.job_id)
     except Exception as exc:  # recorded: the cluster is deleted anyway
         problem = f"{len(logs)} of {len(jobs) or '?'} job logs saved: {type(exc).__name__}: {exc}"
         log.warning("cluster %s/%s: %s", namespace, name, problem)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from discord_ml.cluster.kuberay.manifests import RAY_CLIENT_PORT
+from discord_ml.cluster.conventions import RAY_CLIENT_PORT
 from discord_ml.cluster.provider import ClusterConnection
 
 SHELLS = ("bash", "fish", "json")

@@ -1,12 +1,13 @@
 """When a cluster is stale: past its TTL, or owned by a Dagster run that is over.
 
-Shared by the sweeper (which deletes such clusters) and X-Ray (which badges them). Run statuses are
-Dagster's status names ("SUCCESS", "STARTED", ...) so this stays free of the dagster import.
+Shared by the sweep (which deletes such clusters) and X-Ray (which badges them). Run statuses are
+Dagster's status names ("SUCCESS", "STARTED", ...) so this stays free of the dagster import; the
+orchestration layer answers them (`orchestration.run_statuses`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -15,8 +16,13 @@ from discord_ml.cluster.provider import ClusterInfo
 
 FINISHED_RUN_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
 
-RunStatusLookup = Callable[[str], str | None]
-"""A Dagster run's status name by run id; None when no such run exists."""
+RunStatuses = Callable[[Collection[str]], dict[str, str | None]]
+"""Run ids -> Dagster status name, in one batch; None: no such run; absent from the answer: unknown."""
+
+
+def no_run_statuses(run_ids: Collection[str]) -> dict[str, str | None]:
+    """Used when there is no Dagster instance to ask: every run is unknown."""
+    return {}
 
 
 @dataclass(frozen=True)
@@ -27,15 +33,16 @@ class Staleness:
     reason: str
 
 
-def staleness(cluster: ClusterInfo, run_status: RunStatusLookup, now: datetime) -> Staleness | None:
+def staleness(cluster: ClusterInfo, run_statuses: Mapping[str, str | None], now: datetime) -> Staleness | None:
     """`expired` past its TTL; `orphaned` when its Dagster run is over or gone; `crashed` when the run
-    still counts as running but the process that created the cluster for it is gone; else None."""
+    still counts as running but the process that created the cluster for it is gone; else None.
+    A run absent from `run_statuses` is unknown: neither over nor gone."""
     if cluster.expired(now):
         age = int((now - cluster.created).total_seconds())
         return Staleness("expired", f"past its TTL: {age}s old, TTL {cluster.ttl_seconds}s")
     if cluster.run_id is None:
         return None
-    status = run_status(cluster.run_id)
+    status = run_statuses.get(cluster.run_id, "UNKNOWN")
     if status is None:
         return Staleness("orphaned", f"its Dagster run {cluster.run_id} does not exist")
     if status in FINISHED_RUN_STATUSES:

@@ -1,259 +1,259 @@
-"""Ray Jobs API: submit an entrypoint to a cluster's dashboard and follow it line by line.
+"""`RayJobs`: the Ray Jobs API of one cluster (submit, follow, logs, status, stop, list).
 
-`ray` is imported inside functions: the code location imports this module at start-up.
+The one client the Dagster resource, the CLI, X-Ray, the log archive and the idle reaper use. Reads
+go through the Jobs REST API with `httpx` (X-Ray calls them from a thread, the rest directly); `submit`
+goes through Ray's SDK, which packages and uploads a local `working_dir`. `ray` is imported inside
+functions: the code location imports this module at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
-import contextlib
 import logging
-import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import urlencode
+from typing import Any, Protocol
+from urllib.parse import quote
 
 import httpx
 
-TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
-LOG_POLL_S = 0.1  # how often the head re-reads the driver's log for new lines
-STATUS_INTERVAL_S = 0.5
-STATUS_TIMEOUT_S = 10.0
-# The head has refused connections for this long: the cluster is gone. A head that answers too
-# slowly (a busy machine) gets three times as long.
-LOST_AFTER_S = 20.0
-# Ray colours the `(RayTrainWorker pid=…)` prefixes of worker output: escape codes mean nothing in an
-# event log, a file or a web page.
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+from discord_ml.jobs.follow import LogFollower
+from discord_ml.jobs.records import (
+    ClusterUnreachableError,
+    DashboardUnavailableError,
+    InvalidJobIdError,
+    JobInfo,
+    JobNotFoundError,
+    JobOutcome,
+    RayClusterLostError,
+    RayJobFailedError,
+    check_job_id,
+    parse_job,
+    parse_jobs,
+    plain_text,
+)
+
+log = logging.getLogger(__name__)
 
 
-def job_time(value: Any) -> datetime | None:
-    """A Jobs API time (epoch milliseconds: `start_time`, `end_time`) as a UTC datetime; None if unset."""
-    try:
-        return datetime.fromtimestamp(int(value) / 1000, UTC) if value else None
-    except (TypeError, ValueError):
-        return None
+def unreachable(address: str, exc: httpx.HTTPError) -> DashboardUnavailableError:
+    """The error for a dashboard that could not be reached."""
+    return DashboardUnavailableError(f"Ray dashboard {address} unreachable ({type(exc).__name__}: {exc})")
 
 
-def plain_text(line: str) -> str:
-    """`line` without terminal escape sequences (colours, cursor moves)."""
-    return _ANSI.sub("", line)
-
-
-class RayJobFailedError(RuntimeError):
-    """A Ray job ended in FAILED or STOPPED; the message carries its last log lines."""
-
-    def __init__(self, job_id: str, status: str, message: str, tail: list[str]) -> None:
-        self.job_id, self.status, self.tail = job_id, status, tail
-        lines = "\n".join(tail)
-        super().__init__(f"Ray job {job_id} ended {status}: {message}\n--- last {len(tail)} log lines ---\n{lines}")
-
-
-class RayClusterLostError(RayJobFailedError):
-    """The cluster stopped answering while a job ran (its head was killed, evicted or lost its node)."""
-
-    def __init__(self, job_id: str, seconds: float, cause: BaseException, tail: list[str]) -> None:
-        super().__init__(job_id, "LOST", f"the Ray cluster stopped answering for {seconds:.0f}s "
-                         f"({type(cause).__name__}: {cause}); its head is gone or unreachable", tail)  # fmt: skip
-
-
-class _UnreachableError(Exception):
-    """Raised by the follower when the head has not answered for its patience (`seconds`)."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"no answer for {seconds:.0f}s")
-        self.seconds = seconds
-
-
-@dataclass
-class JobOutcome:
-    """How a followed Ray job ended."""
-
-    job_id: str
-    status: str
-    message: str
-    duration_s: float
-    lines: int
-    tail: list[str] = field(default_factory=list[str])
-    exit_code: int | None = None  # the entrypoint's exit code, when Ray reports it
-
-
-def submit_and_follow(
-    dashboard_url: str,
-    *,
-    entrypoint: str,
-    headers: Mapping[str, str] | None = None,
-    runtime_env: Mapping[str, Any] | None = None,
-    on_line: Callable[[str], None] = print,
-    on_submitted: Callable[[str], None] | None = None,
-    submission_id: str | None = None,
-    tail_lines: int = 30,
-    raise_on_failure: bool = True,
-) -> JobOutcome:
-    """Submit `entrypoint` as a Ray job and call `on_line` for every log line as it is produced.
-
-    Args:
-        dashboard_url: the cluster's dashboard / Jobs API base URL.
-        entrypoint: shell command run by the job driver.
-        headers: auth headers (the cluster's bearer token).
-        runtime_env: Ray runtime env (env_vars, working_dir, py_modules...).
-        on_line: called once per stdout/stderr line, in order, without terminal colour codes.
-        on_submitted: called with the job id right after submission.
-        submission_id: the job id to use (default: Ray generates one).
-        tail_lines: how many trailing lines to keep for the outcome / error.
-        raise_on_failure: raise RayJobFailedError when the job does not succeed.
-
-    Returns:
-        The job's outcome (id, final status, message, duration, line count, last lines).
+def answer(response: httpx.Response, address: str, path: str, *, missing: Exception | None = None) -> Any:
+    """A dashboard response's JSON.
 
     Raises:
-        RayJobFailedError: the job ended FAILED or STOPPED (when `raise_on_failure`).
+        LookupError: HTTP 404 (`missing` when given).
+        DashboardUnavailableError: any other error status, or a body that is not JSON.
     """
-    from ray.job_submission import JobSubmissionClient
-
-    # Ray's SDK logs "WebSocket closed" at INFO on stderr, in the middle of the job's own lines.
-    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
-    client = JobSubmissionClient(dashboard_url, headers=dict(headers or {}))
-    started = time.monotonic()
-    job_id = client.submit_job(
-        entrypoint=entrypoint, runtime_env=dict(runtime_env) if runtime_env else None, submission_id=submission_id
-    )
-    if on_submitted is not None:
-        on_submitted(job_id)
-    tail: deque[str] = deque(maxlen=tail_lines)
-    count = 0
-
-    def emit(raw: str) -> None:
-        nonlocal count
-        line = plain_text(raw)
-        count += 1
-        tail.append(line)
-        on_line(line)
-
+    if response.status_code == 404:
+        raise missing or LookupError(f"{path} is not on this cluster's dashboard")
+    if response.status_code >= 400:
+        raise DashboardUnavailableError(f"Ray dashboard {address}{path} answered HTTP {response.status_code}")
     try:
-        follower = _LogFollower(dashboard_url, dict(headers or {}), job_id)
-        follower.run(emit)
-    except _UnreachableError as exc:  # nothing left to stop the job on
-        raise RayClusterLostError(job_id, exc.seconds, exc.__cause__ or exc, list(tail)) from None
-    except BaseException:
-        # Interrupted (the Dagster run was terminated, Ctrl-C) or the cluster was lost: never leave
-        # the job running on the cluster.
-        _stop_quietly(client, job_id)
-        raise
-    info = follower.info  # its last status poll found the job ended
-    outcome = JobOutcome(
-        job_id=job_id,
-        status=str(info.get("status")),
-        message=str(info.get("message") or "").split("\n", 1)[0],  # Ray appends the whole log; we keep a tail
-        duration_s=time.monotonic() - started,
-        lines=count,
-        tail=list(tail),
-        exit_code=info.get("driver_exit_code"),
-    )
-    if raise_on_failure and outcome.status != "SUCCEEDED":
-        raise RayJobFailedError(job_id, outcome.status, outcome.message, outcome.tail)
-    return outcome
+        return response.json()
+    except ValueError as exc:
+        raise DashboardUnavailableError(f"Ray dashboard {address}{path} answered non-JSON") from exc
 
 
-def job_url(dashboard_url: str, job_id: str) -> str:
-    """The Ray dashboard page of a job."""
-    return f"{dashboard_url}/#/jobs/{job_id}"
+class Connection(Protocol):
+    """What a cluster provider's `connect` returns: where the Jobs API is and how to authenticate."""
+
+    @property
+    def dashboard_url(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
 
-def _stop_quietly(client: Any, job_id: str) -> None:
-    try:
-        client.stop_job(job_id)
-    except Exception:  # the cluster may already be gone; the caller's error matters more
-        logging.getLogger(__name__).warning("could not stop Ray job %s", job_id, exc_info=True)
+class RayJobs:
+    """The Ray Jobs API of one cluster, in the manner of `ray.job_submission.JobSubmissionClient`.
 
-
-class _LogFollower:
-    """Follows a job's driver log through the State API's log stream until the job ends.
-
-    Ray's own job tail (`tail_job_logs`) re-reads the log once a second, so a line waits up to a
-    second before anything else happens; the State API streams the same file at `LOG_POLL_S`.
-    Once the job has ended, the part of the file the stream had not delivered is read whole, so
-    no line is lost however the stream behaved.
+    Every method raises `DashboardUnavailableError` when the cluster's dashboard cannot be reached
+    or answers nonsense, and `JobNotFoundError` (a `LookupError`) for a job the cluster does not have.
     """
 
-    def __init__(self, dashboard_url: str, headers: dict[str, str], job_id: str) -> None:
-        self.base, self.headers, self.job_id = dashboard_url, headers, job_id
-        self.node_id = ""  # the driver's node, known once the job runs (the State API asks for it)
-        self.info: dict[str, Any] = {}  # the Jobs API's last record of the job (status, message, exit code)
-        self.received = 0  # bytes of the log handed to `emit` so far
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""
+    def __init__(self, address: str, *, headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> None:
+        """
+        Args:
+            address: the dashboard / Jobs API base URL, e.g. `http://127.0.0.1:8265`.
+            headers: sent with every request (the cluster's bearer token).
+            timeout: seconds each request may take.
+        """
+        self.address = address.rstrip("/")
+        self.headers = dict(headers or {})
+        self.timeout = timeout
 
-    def run(self, emit: Callable[[str], None]) -> None:
-        asyncio.run(self._follow(emit))
+    @classmethod
+    def of(cls, connection: Connection, *, timeout: float = 10.0) -> RayJobs:
+        """The Jobs API of a connected cluster (`ClusterProvider.connect`)."""
+        return cls(connection.dashboard_url, headers=connection.headers, timeout=timeout)
 
-    async def _follow(self, emit: Callable[[str], None]) -> None:
-        timeout = httpx.Timeout(STATUS_TIMEOUT_S, read=None)  # the stream may stay quiet for hours
-        async with httpx.AsyncClient(headers=self.headers, timeout=timeout) as client:
-            stream: asyncio.Task[None] | None = None
-            unreachable_since: float | None = None
-            try:
-                while True:
-                    now = time.monotonic()
-                    try:
-                        self.info = await _get_json(client, f"{self.base}/api/jobs/{self.job_id}")
-                        status = str(self.info.get("status"))
-                        self.node_id = str(self.info.get("driver_node_id") or "")
-                        unreachable_since = None
-                    except (httpx.HTTPError, ValueError) as exc:
-                        unreachable_since = unreachable_since or now
-                        patience = LOST_AFTER_S if isinstance(exc, httpx.ConnectError) else 3 * LOST_AFTER_S
-                        if now - unreachable_since > patience:
-                            raise _UnreachableError(patience) from exc
-                        status = "UNKNOWN"
-                    if status in TERMINAL_STATES:
-                        break
-                    if self.node_id and (stream is None or stream.done()):
-                        stream = asyncio.create_task(self._stream(client, emit))  # (re)started: skips what we have
-                    await asyncio.sleep(STATUS_INTERVAL_S)
-            finally:
-                if stream is not None:
-                    stream.cancel()  # the stream never ends by itself: the head keeps polling the file
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await stream
-            if self.node_id:
-                response = await client.get(self._url("file"))
-                if response.status_code == 200:
-                    self._feed(response.content[self.received :], emit)
-        if self._pending:
-            emit(self._pending)
+    def with_timeout(self, timeout: float) -> RayJobs:
+        """The same client with another per-request timeout (for callers working to a deadline)."""
+        return RayJobs(self.address, headers=self.headers, timeout=timeout)
 
-    async def _stream(self, client: httpx.AsyncClient, emit: Callable[[str], None]) -> None:
-        skip = self.received  # a stream starts at byte 0
+    def url(self, *, job_id: str) -> str:
+        """The Ray dashboard page of a job."""
+        return f"{self.address}/#/jobs/{job_id}"
+
+    # --- submitting and following ----------------------------------------------------------------
+
+    def submit(self, *, entrypoint: str, submission_id: str | None = None, runtime_env: Mapping[str, Any] | None = None,
+               metadata: Mapping[str, str] | None = None) -> str:  # fmt: skip
+        """Submit a job.
+
+        Args:
+            entrypoint: the shell command the job's driver runs.
+            submission_id: the job id to use (default: Ray generates one).
+            runtime_env: Ray runtime env (env_vars, a local working_dir to upload, pip...).
+            metadata: string pairs recorded with the job (e.g. the Dagster run id).
+
+        Returns:
+            The job id (its submission id).
+
+        Raises:
+            DashboardUnavailableError: the Jobs API refused or could not be reached.
+        """
+        from ray.job_submission import JobSubmissionClient
+
+        # Ray's SDK logs "WebSocket closed" at INFO on stderr, in the middle of the job's own lines.
+        logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
         try:
-            async with client.stream("GET", f"{self._url('stream')}&interval={LOG_POLL_S}") as response:
-                if response.status_code != 200:
-                    return  # the driver's log does not exist yet; the next status poll retries
-                async for raw in response.aiter_raw():
-                    data, skip = raw[skip:], max(0, skip - len(raw))
-                    if data:
-                        self._feed(data, emit)
-        except httpx.HTTPError:
-            pass  # the head went away or restarted: the status poll decides which
+            client = JobSubmissionClient(self.address, headers=self.headers)
+            return client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                                     runtime_env=dict(runtime_env) if runtime_env else None,
+                                     metadata=dict(metadata) if metadata else None)  # fmt: skip
+        except (ConnectionError, RuntimeError) as exc:
+            raise DashboardUnavailableError(f"Ray job could not be submitted to {self.address}: {exc}") from exc
 
-    def _url(self, media: str) -> str:
-        query = urlencode({"submission_id": self.job_id, "node_id": self.node_id, "lines": -1})
-        return f"{self.base}/api/v0/logs/{media}?{query}"
+    def follow(self, *, job_id: str, on_line: Callable[[str], None] = print, tail_lines: int = 30,
+               raise_on_failure: bool = True, stop_on_interrupt: bool = True) -> JobOutcome:  # fmt: skip
+        """Call `on_line` for every line the job prints (from its start), until it ends.
 
-    def _feed(self, data: bytes, emit: Callable[[str], None]) -> None:
-        self.received += len(data)
-        self._pending += self._decoder.decode(data)
-        *complete, self._pending = self._pending.split("\n")
-        for line in complete:
-            emit(line)
+        Args:
+            job_id: the job to follow.
+            on_line: called once per stdout/stderr line, in order, without terminal colour codes.
+            tail_lines: how many trailing lines to keep for the outcome / error.
+            raise_on_failure: raise RayJobFailedError when the job does not succeed.
+            stop_on_interrupt: stop the job when following is interrupted (Ctrl-C, a terminated
+                Dagster run, an error in `on_line`), so no job is left running unwatched.
+
+        Returns:
+            The job's outcome (id, final status, message, duration, line count, last lines).
+
+        Raises:
+            RayJobFailedError: the job ended FAILED or STOPPED (when `raise_on_failure`).
+            RayClusterLostError: the cluster stopped answering while the job ran.
+        """
+        started = time.monotonic()
+        tail: deque[str] = deque(maxlen=tail_lines)
+        follower = LogFollower(self.address, self.headers, job_id)
+
+        async def consume() -> None:
+            async for line in follower.lines():
+                if line is not None:
+                    tail.append(line)
+                    on_line(line)
+
+        try:
+            asyncio.run(consume())
+        except ClusterUnreachableError as exc:  # nothing left to stop the job on
+            raise RayClusterLostError(job_id, exc.seconds, exc.__cause__ or exc, list(tail)) from None
+        except BaseException:
+            if stop_on_interrupt:
+                self._stop_quietly(job_id)
+            raise
+        info = follower.info  # its last status poll found the job ended
+        outcome = JobOutcome(
+            job_id=job_id, status=str(info.get("status")),
+            message=str(info.get("message") or "").split("\n", 1)[0],  # Ray appends the whole log; we keep a tail
+            duration_s=time.monotonic() - started, lines=follower.count, tail=list(tail),
+            exit_code=info.get("driver_exit_code"),
+        )  # fmt: skip
+        if raise_on_failure and outcome.status != "SUCCEEDED":
+            raise RayJobFailedError(job_id, outcome.status, outcome.message, outcome.tail)
+        return outcome
+
+    def submit_and_follow(self, *, entrypoint: str, submission_id: str | None = None,
+                          runtime_env: Mapping[str, Any] | None = None, metadata: Mapping[str, str] | None = None,
+                          on_submitted: Callable[[str], None] | None = None, on_line: Callable[[str], None] = print,
+                          tail_lines: int = 30, raise_on_failure: bool = True) -> JobOutcome:  # fmt: skip
+        """`submit`, then `follow` (stopping the job if following is interrupted); `on_submitted` gets
+        the job id in between. Arguments, result and errors as theirs."""
+        job_id = self.submit(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env,
+                             metadata=metadata)  # fmt: skip
+        try:
+            if on_submitted is not None:
+                on_submitted(job_id)
+        except BaseException:
+            self._stop_quietly(job_id)
+            raise
+        return self.follow(job_id=job_id, on_line=on_line, tail_lines=tail_lines, raise_on_failure=raise_on_failure)
+
+    async def lines(self, *, job_id: str, heartbeat: float | None = None) -> AsyncIterator[str | None]:
+        """The job's log lines as it prints them (from its start), until it ends; with `heartbeat`,
+        None after that many seconds without a line, so a caller can keep its own connection alive.
+
+        Raises:
+            DashboardUnavailableError: the cluster stopped answering.
+        """
+        async for line in LogFollower(self.address, self.headers, check_job_id(job_id)).lines(heartbeat=heartbeat):
+            yield line
+
+    # --- reading and stopping ---------------------------------------------------------------------
+
+    def list(self) -> list[JobInfo]:
+        """Every job the cluster knows, newest first."""
+        return parse_jobs(self._request("GET", "/api/jobs/"), datetime.now(UTC))
+
+    def status(self, *, job_id: str) -> JobInfo:
+        """One job's status, entrypoint, message and timing."""
+        return parse_job(self._request("GET", f"/api/jobs/{quote(check_job_id(job_id))}", job_id=job_id),
+                         datetime.now(UTC))  # fmt: skip
+
+    def logs(self, *, job_id: str) -> str:
+        """Everything the job has printed so far, without terminal colour codes."""
+        payload = self._request("GET", f"/api/jobs/{quote(check_job_id(job_id))}/logs", job_id=job_id)
+        return plain_text(str(payload.get("logs", ""))) if isinstance(payload, Mapping) else ""
+
+    def stop(self, *, job_id: str) -> bool:
+        """Ask the job to stop. Returns False when it was not running."""
+        payload = self._request("POST", f"/api/jobs/{quote(check_job_id(job_id))}/stop", job_id=job_id)
+        return bool(payload.get("stopped")) if isinstance(payload, Mapping) else False
+
+    def _request(self, method: str, path: str, *, job_id: str | None = None) -> Any:
+        try:
+            with httpx.Client(headers=self.headers, timeout=self.timeout) as client:
+                response = client.request(method, self.address + path)
+        except httpx.HTTPError as exc:
+            raise unreachable(self.address, exc) from exc
+        missing = None
+        if job_id is not None:
+            missing = JobNotFoundError(f"no Ray job {job_id!r} on this cluster; `dml job list` or the cluster page "
+                                       "lists its jobs")  # fmt: skip
+        return answer(response, self.address, path, missing=missing)
+
+    def _stop_quietly(self, job_id: str) -> None:
+        try:
+            self.stop(job_id=job_id)
+        except Exception:  # the cluster may already be gone; the caller's error matters more
+            log.warning("could not stop Ray job %s", job_id, exc_info=True)
 
 
-async def _get_json(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
-    response = await client.get(url)
-    response.raise_for_status()
-    return dict(response.json())
+__all__ = [
+    "ClusterUnreachableError",
+    "DashboardUnavailableError",
+    "InvalidJobIdError",
+    "JobInfo",
+    "JobNotFoundError",
+    "JobOutcome",
+    "RayClusterLostError",
+    "RayJobFailedError",
+    "RayJobs",
+    "check_job_id",
+]

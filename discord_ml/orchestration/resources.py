@@ -6,12 +6,9 @@ created by the first step that submits a job (after that step validated its conf
 and deleted when the run ends (success, failure or termination).
 """
 
-import contextlib
 import getpass
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, Literal
 
 import dagster as dg
@@ -19,18 +16,11 @@ from pydantic import Field, PrivateAttr
 
 from discord_ml.cluster.backends import get_provider
 from discord_ml.cluster.names import sanitize_label_value
-from discord_ml.cluster.provider import ClusterConnection, ClusterProvider, require_capacity
+from discord_ml.cluster.provider import ClusterConnection, ClusterProvider
+from discord_ml.cluster.session import CleanupPolicy, ClusterSession
 from discord_ml.cluster.spec import ClusterSpec, Purpose
-from discord_ml.jobs.client import RayClusterLostError, RayJobFailedError, job_url, submit_and_follow
+from discord_ml.jobs.client import RayClusterLostError, RayJobFailedError, RayJobs
 from discord_ml.jobs.pipes import PipesRayJobLogReader
-
-
-class CleanupPolicy(StrEnum):
-    """When the run's cluster is deleted."""
-
-    ALWAYS = "always"  # whatever happened (the default)
-    ON_FAILURE_KEEP = "on_failure_keep"  # keep it for debugging when a step failed
-    NEVER = "never"  # leave it to the sweeper / `dml cluster delete`
 
 
 def cluster_name_for_run(job_name: str, run_id: str) -> str:
@@ -62,8 +52,7 @@ class RayClusterResource(dg.ConfigurableResource):
     )
 
     _provider: ClusterProvider | None = PrivateAttr(default=None)
-    _spec: ClusterSpec | None = PrivateAttr(default=None)
-    _connection: ClusterConnection | None = PrivateAttr(default=None)
+    _session: ClusterSession | None = PrivateAttr(default=None)  # the run's current cluster, once ready
     _run: dict[str, str] = PrivateAttr(default_factory=dict)
     _created: int = PrivateAttr(default=0)
 
@@ -116,71 +105,61 @@ class RayClusterResource(dg.ConfigurableResource):
         run = self._run
         wanted = self.cluster_spec(run_id=run["run_id"], job_name=run["job_name"], owner=run["owner"],
                                    gpu_pool=gpu_pool, workers=workers)  # fmt: skip
-        if self._spec is not None and self._connection is not None:
-            current = self._spec
+        if self._session is not None and self._session.connection is not None:
+            current = self._session.spec
             if (current.gpu_pool, current.gpus_per_worker, current.workers) == (
                 wanted.gpu_pool, wanted.gpus_per_worker, wanted.workers):  # fmt: skip
-                return self._connection
+                return self._session.connection
             log.info(f"step needs {wanted.gpu_pool} x {wanted.workers} workers: replacing {current.cluster_name}")
             self._delete(log)
         if self._created:
             wanted = self.cluster_spec(run_id=run["run_id"], job_name=run["job_name"], owner=run["owner"],
                                        gpu_pool=gpu_pool, workers=workers,
                                        name=f"{wanted.cluster_name}-{self._created + 1}")  # fmt: skip
-        self._create(wanted, log)
-        assert self._connection is not None
-        return self._connection
+        session = self._open(wanted, log)
+        assert session.connection is not None
+        return session.connection
 
-    def _create(self, spec: ClusterSpec, log: dg.DagsterLogManager) -> None:
-        provider = self._provider or get_provider(self.backend)
+    def _open(self, spec: ClusterSpec, log: dg.DagsterLogManager) -> ClusterSession:
+        self._provider = self._provider or get_provider(self.backend)
+        self._created += 1
         log.info(f"creating Ray cluster {spec.cluster_name} ({self.backend}, {spec.gpu_pool} x {spec.workers} workers)")
-        if not self.allow_pending:
-            require_capacity(provider, spec)  # nothing is created for a cluster that cannot fit
-        self._provider, self._spec, self._created = provider, spec, self._created + 1
-        try:
-            provider.create(spec)
-            info = provider.wait_ready(
-                spec.cluster_name,
-                namespace=spec.namespace,
-                timeout=self.ready_timeout_s,
-                on_progress=lambda i: log.info(f"cluster {i.name}: {i.status} {i.reason}".rstrip()),
-            )
-            self._connection = provider.connect(spec.cluster_name, namespace=spec.namespace)
-        except BaseException:
-            # A cluster that never became ready is removed whatever the cleanup policy says.
-            provider.delete(spec.cluster_name, namespace=spec.namespace)
-            self._spec = None
-            raise
+        session = ClusterSession(
+            self._provider, spec, ready_timeout_s=self.ready_timeout_s, allow_pending=self.allow_pending,
+            cleanup=self.cleanup, on_warning=log.warning,
+            on_progress=lambda i: log.info(f"cluster {i.name}: {i.status} {i.reason}".rstrip()),
+        )  # fmt: skip
+        info = session.open()
+        self._session = session
         log.info(f"Ray cluster {info.name} ready: dashboard {info.dashboard_url}")
+        return session
 
     def _delete(self, log: dg.DagsterLogManager | None) -> None:
-        if self._provider is None or self._spec is None:
-            return
-        name = self._spec.cluster_name
-        self._provider.delete(name, namespace=self._spec.namespace)
-        self._spec, self._connection = None, None
-        if log is not None:
-            log.info(f"deleted Ray cluster {name}")
+        """Delete the current cluster (a step needs another size): whatever the cleanup policy."""
+        session, self._session = self._session, None
+        if session is not None and session.delete() and log is not None:
+            log.info(f"deleted Ray cluster {session.name}")
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._provider is None or self._spec is None:
+        session, self._session = self._session, None
+        if session is None:
             return
-        failed = _run_has_failures(context)
-        keep = self.cleanup == CleanupPolicy.NEVER or (self.cleanup == CleanupPolicy.ON_FAILURE_KEEP and failed)
-        if keep:
-            if context.log is not None:
-                context.log.warning(f"keeping Ray cluster {self._spec.cluster_name} (cleanup={self.cleanup}); "
-                                    f"delete it with: dml cluster delete {self._spec.cluster_name}")  # fmt: skip
+        deleted = session.close(failed=_run_has_failures(context))
+        if context.log is None:
             return
-        self._delete(context.log)
+        if deleted:
+            context.log.info(f"deleted Ray cluster {session.name}")
+        else:
+            context.log.warning(f"keeping Ray cluster {session.name} (cleanup={self.cleanup}); "
+                                f"delete it with: dml cluster delete {session.name}")  # fmt: skip
 
     # --- running jobs -------------------------------------------------------------------------
 
     @property
     def cluster_name(self) -> str:
         """Name of the run's current cluster."""
-        assert self._spec is not None, "the Ray cluster is not set up"
-        return self._spec.cluster_name
+        assert self._session is not None, "the Ray cluster is not set up"
+        return self._session.name
 
     def run_job(
         self,
@@ -205,6 +184,8 @@ class RayClusterResource(dg.ConfigurableResource):
             dg.Failure: the Ray job failed; the description carries its last log lines.
         """
         connection = self.ensure_cluster(context.log, gpu_pool=gpu_pool, workers=workers)
+        cluster = self._session
+        assert cluster is not None
         reader = PipesRayJobLogReader()
         with dg.open_pipes_session(
             context=context,
@@ -219,16 +200,16 @@ class RayClusterResource(dg.ConfigurableResource):
                 if not reader.feed(line):
                     context.log.info(line)
 
+            jobs = RayJobs.of(connection)
             try:
-                with self._heartbeat(context.log):
-                    outcome = submit_and_follow(
-                        connection.dashboard_url,
+                with cluster.holding(on_error=context.log.debug):
+                    outcome = jobs.submit_and_follow(
                         entrypoint=entrypoint,
-                        headers=connection.headers,
                         runtime_env={**base, "env_vars": env_vars},
+                        metadata={"dagster_run_id": context.run_id},
                         on_line=on_line,
                         on_submitted=lambda job_id: context.log.info(
-                            f"submitted Ray job {job_id}: {job_url(connection.dashboard_url, job_id)}"
+                            f"submitted Ray job {job_id}: {jobs.url(job_id=job_id)}"
                         ),
                     )
             except RayJobFailedError as exc:
@@ -241,7 +222,7 @@ class RayClusterResource(dg.ConfigurableResource):
                 ) from None
         extra = {
             "ray_job_id": outcome.job_id,
-            "ray_dashboard": dg.MetadataValue.url(job_url(connection.dashboard_url, outcome.job_id)),
+            "ray_dashboard": dg.MetadataValue.url(jobs.url(job_id=outcome.job_id)),
             "ray_cluster": self.cluster_name,
             "ray_job_seconds": dg.MetadataValue.float(round(outcome.duration_s, 2)),
             **self._usage_metadata(),
@@ -251,46 +232,16 @@ class RayClusterResource(dg.ConfigurableResource):
             for r in session.get_results()
         ]
 
-    @contextlib.contextmanager
-    def _heartbeat(self, log: dg.DagsterLogManager) -> Iterator[None]:
-        """While the step runs, tell the provider every minute that it holds the cluster, so idle reaping
-        never takes a cluster from a running step (whatever its jobs are doing)."""
-        from discord_ml.cluster.activity import HEARTBEAT_S
-        from discord_ml.cluster.provider import ClusterError
-
-        provider, spec = self._provider, self._spec
-        if provider is None or spec is None:
-            yield
-            return
-        stop = threading.Event()
-
-        def beat() -> None:
-            while True:
-                try:
-                    provider.touch(spec.cluster_name, namespace=spec.namespace)
-                except ClusterError as exc:  # the job's own follower reports a lost cluster
-                    log.debug(f"heartbeat for {spec.cluster_name} not recorded: {exc}")
-                if stop.wait(HEARTBEAT_S):
-                    return
-
-        thread = threading.Thread(target=beat, name=f"heartbeat {spec.cluster_name}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join(timeout=30)
-
     def _usage_metadata(self) -> dict[str, Any]:
         """The run's cluster's use so far: CPU-/GPU-hours and estimated cost (absent without a price)."""
         from discord_ml.cluster.pools import PoolError
         from discord_ml.cluster.provider import ClusterError
         from discord_ml.cluster.usage import usage
 
-        if self._provider is None or self._spec is None:
+        if self._provider is None or self._session is None:
             return {}
         try:
-            info = self._provider.get(self._spec.cluster_name, namespace=self._spec.namespace)
+            info = self._provider.get(self._session.name, namespace=self._session.spec.namespace)
             now = datetime.now(UTC)
             used = usage(info.as_json(), ended=None, window=(info.created, now))
         except (ClusterError, PoolError):
@@ -307,11 +258,11 @@ class RayClusterResource(dg.ConfigurableResource):
 
     def _explain(self, exc: RayJobFailedError) -> str:
         """The job's failure; when the cluster itself was lost, what the provider says of it."""
-        if not isinstance(exc, RayClusterLostError) or self._provider is None or self._spec is None:
+        if not isinstance(exc, RayClusterLostError) or self._provider is None or self._session is None:
             return str(exc)
-        name = self._spec.cluster_name
+        name = self._session.name
         try:
-            info = self._provider.get(name, namespace=self._spec.namespace)
+            info = self._provider.get(name, namespace=self._session.spec.namespace)
             state = f"{info.status}: {info.reason}" if info.reason else str(info.status)
         except Exception as lookup:  # the provider may be as unreachable as the cluster
             state = f"unknown ({lookup})"

@@ -10,10 +10,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
+from discord_ml.jobs.client import DashboardUnavailableError, check_job_id
 from discord_ml.xray.auth import csrf_token
 from discord_ml.xray.deps import Actor, Chosen, Service, User
-from discord_ml.xray.ray_api import DashboardUnavailable, check_job_id
 
 CLUSTER = "/clusters/{backend}/{namespace}/{name}"
 router = APIRouter(prefix="/api")
@@ -50,16 +51,16 @@ async def cluster(service: Service, user: User, backend: str, namespace: str, na
 @router.get(CLUSTER + "/jobs/{job_id}")
 async def job(service: Service, user: User, backend: str, namespace: str, name: str, job_id: str) -> dict[str, Any]:
     """One Ray job's status and timing."""
-    dashboard = await service.dashboard(await service.get(backend, namespace, name))
-    return jsonable_encoder(await dashboard.job(check_job_id(job_id)))
+    jobs = await service.jobs(await service.get(backend, namespace, name))
+    return jsonable_encoder(await run_in_threadpool(lambda: jobs.status(job_id=check_job_id(job_id))))
 
 
 @router.get(CLUSTER + "/jobs/{job_id}/logs", response_class=PlainTextResponse)
 async def job_logs(service: Service, user: User, backend: str, namespace: str, name: str,
                    job_id: str) -> PlainTextResponse:  # fmt: skip
     """The job's whole log so far, as a download."""
-    dashboard = await service.dashboard(await service.get(backend, namespace, name))
-    text = await dashboard.logs(check_job_id(job_id))
+    jobs = await service.jobs(await service.get(backend, namespace, name))
+    text = await run_in_threadpool(lambda: jobs.logs(job_id=check_job_id(job_id)))
     return PlainTextResponse(text, headers={"Content-Disposition": f'attachment; filename="{name}-{job_id}.log"'})
 
 
@@ -67,19 +68,20 @@ async def job_logs(service: Service, user: User, backend: str, namespace: str, n
 async def job_log_stream(service: Service, user: User, backend: str, namespace: str, name: str,
                          job_id: str) -> Response:  # fmt: skip
     """Server-sent events: one `data` per log line as the job prints it, then `end` with the final status."""
-    dashboard = await service.dashboard(await service.get(backend, namespace, name))
-    await dashboard.job(check_job_id(job_id))  # a 404 now, not a stream that never starts
+    jobs = await service.jobs(await service.get(backend, namespace, name))
+    # a 404 now, not a stream that never starts
+    await run_in_threadpool(lambda: jobs.status(job_id=check_job_id(job_id)))
 
     async def stream() -> AsyncIterator[str]:
         yield "retry: 3000\n\n"
         try:
-            async for line in dashboard.tail(job_id):
+            async for line in jobs.lines(job_id=job_id, heartbeat=15.0):
                 yield ": keep-alive\n\n" if line is None else f"data: {line.replace(chr(13), '')}\n\n"
-        except DashboardUnavailable as exc:
+        except DashboardUnavailableError as exc:
             yield f"event: problem\ndata: {exc}\n\n"
         try:
-            status = (await dashboard.job(job_id)).status
-        except (DashboardUnavailable, LookupError):
+            status = (await run_in_threadpool(lambda: jobs.status(job_id=job_id))).status
+        except (DashboardUnavailableError, LookupError):
             status = "UNKNOWN"
         yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
 

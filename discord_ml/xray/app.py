@@ -15,13 +15,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from discord_ml.cluster.lifecycle import RunStatuses
 from discord_ml.cluster.provider import ClusterError, ClusterNotFoundError, ClusterProvider
+from discord_ml.jobs.client import DashboardUnavailableError, InvalidJobIdError
+from discord_ml.orchestration.run_statuses import from_environment
 from discord_ml.xray import api, archive, pages, usage_pages
 from discord_ml.xray.auth import AuthError, ForbiddenError
 from discord_ml.xray.config import XRayConfig
 from discord_ml.xray.notebooks import NotebookError
-from discord_ml.xray.ray_api import DashboardUnavailable
-from discord_ml.xray.runs import RunStatuses, from_environment
 from discord_ml.xray.service import XRayService
 from discord_ml.xray.views import FilterError
 
@@ -29,9 +30,10 @@ ERRORS: list[tuple[type[Exception], int, str]] = [
     (AuthError, 401, "not signed in"),
     (ForbiddenError, 403, "forbidden"),
     (FilterError, 422, "bad parameter"),
+    (InvalidJobIdError, 422, "bad parameter"),
     (ClusterNotFoundError, 404, "not found"),
     (LookupError, 404, "not found"),
-    (DashboardUnavailable, 409, "cluster dashboard unavailable"),
+    (DashboardUnavailableError, 409, "cluster dashboard unavailable"),
     (NotebookError, 502, "notebook did not start"),
     (ClusterError, 502, "backend error"),
 ]

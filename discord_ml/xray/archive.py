@@ -11,9 +11,9 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from discord_ml.cluster.archive import LogStore
+from discord_ml.jobs.client import check_job_id
 from discord_ml.xray.deps import Service, User
 from discord_ml.xray.pages import render
-from discord_ml.xray.ray_api import check_job_id
 
 Days = Annotated[int, Query(ge=1, le=365, description="Deleted within this many days.")]
 pages = APIRouter(default_response_class=HTMLResponse, include_in_schema=False)

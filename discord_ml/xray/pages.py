@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 
 from discord_ml.cluster.archive import LogStore
 from discord_ml.cluster.provider import ClusterNotFoundError
+from discord_ml.jobs.client import check_job_id
 from discord_ml.xray.auth import Identity, csrf_token
 from discord_ml.xray.deps import Chosen, Service, User, make_templates
-from discord_ml.xray.ray_api import check_job_id
 from discord_ml.xray.service import XRayService
 
 CLUSTER = "/{backend}/{namespace}/{name}"
@@ -65,6 +65,6 @@ async def job_page(request: Request, service: Service, user: User, backend: str,
         if found is None:
             raise
         return RedirectResponse(f"/archive/{found[0].key}/jobs/{job_id}", status_code=303)
-    dashboard = await service.dashboard(cluster)
-    job = await dashboard.job(check_job_id(job_id))
+    jobs = await service.jobs(cluster)
+    job = await run_in_threadpool(lambda: jobs.status(job_id=check_job_id(job_id)))
     return render(request, "job.html", service, user, c=await service.row(cluster, user), job=job)

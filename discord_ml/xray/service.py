@@ -15,19 +15,21 @@ from starlette.concurrency import run_in_threadpool
 
 from discord_ml.cluster.activity import idle_seconds, read_activity
 from discord_ml.cluster.duration import human_age
+from discord_ml.cluster.lifecycle import RunStatuses
 from discord_ml.cluster.names import sanitize_label_value
 from discord_ml.cluster.provider import (
+    ClusterConnection,
     ClusterError,
     ClusterEvent,
     ClusterInfo,
     ClusterNotFoundError,
     ClusterProvider,
 )
+from discord_ml.jobs.client import DashboardUnavailableError, JobInfo, RayJobs
 from discord_ml.xray.auth import Identity, authorize
 from discord_ml.xray.config import XRayConfig
+from discord_ml.xray.dashboard import NodeUsage, RayDashboard, RayEvent
 from discord_ml.xray.notebooks import NotebookSessions
-from discord_ml.xray.ray_api import DashboardUnavailable, JobSummary, NodeUsage, RayDashboard, RayEvent
-from discord_ml.xray.runs import RunStatuses
 from discord_ml.xray.views import ClusterRow, Filters, cluster_path, cluster_row, cluster_rows
 
 if TYPE_CHECKING:
@@ -51,7 +53,7 @@ class ClusterDetail:
 
     cluster: ClusterRow
     nodes: list[NodeUsage] = field(default_factory=list[NodeUsage])
-    jobs: list[JobSummary] = field(default_factory=list[JobSummary])
+    jobs: list[JobInfo] = field(default_factory=list[JobInfo])
     ray_events: list[RayEvent] = field(default_factory=list[RayEvent])
     events: list[ClusterEvent] = field(default_factory=list[ClusterEvent])
     dashboard_error: str | None = None
@@ -127,14 +129,17 @@ class XRayService:
         return cluster_row(cluster, now=datetime.now(UTC), run_statuses=await self._statuses([cluster]),
                            dagster_url=self.config.dagster_url, identity=identity)  # fmt: skip
 
-    async def dashboard(self, cluster: ClusterInfo) -> RayDashboard:
-        """The cluster's dashboard client. Raises DashboardUnavailable (not ready, no route)."""
+    async def connection(self, cluster: ClusterInfo) -> ClusterConnection:
+        """How to reach the cluster's dashboard. Raises DashboardUnavailableError (not ready, no route)."""
         provider = self.provider(cluster.backend)
         try:
-            connection = await run_in_threadpool(lambda: provider.connect(cluster.name, namespace=cluster.namespace))
+            return await run_in_threadpool(lambda: provider.connect(cluster.name, namespace=cluster.namespace))
         except ClusterError as exc:
-            raise DashboardUnavailable(f"Ray dashboard not available: {exc}") from exc
-        return RayDashboard(connection, timeout=5.0)
+            raise DashboardUnavailableError(f"Ray dashboard not available: {exc}") from exc
+
+    async def jobs(self, cluster: ClusterInfo) -> RayJobs:
+        """The cluster's Jobs API (its methods block: call them in a thread)."""
+        return RayJobs.of(await self.connection(cluster), timeout=5.0)
 
     async def detail(self, backend: str, namespace: str, name: str, identity: Identity) -> ClusterDetail:
         """Everything the cluster page shows, read concurrently."""
@@ -152,12 +157,14 @@ class XRayService:
 
         async def from_dashboard() -> None:
             try:
-                dashboard = await self.dashboard(cluster)
+                connection = await self.connection(cluster)
+                dashboard, jobs = RayDashboard(connection, timeout=5.0), RayJobs.of(connection, timeout=5.0)
                 detail.nodes, detail.jobs, detail.ray_events = await asyncio.gather(
-                    dashboard.nodes(), dashboard.jobs(), dashboard.events()
+                    dashboard.nodes(), run_in_threadpool(jobs.list), dashboard.events()
                 )
-            except (DashboardUnavailable, LookupError) as exc:
-                detail.dashboard_error = str(exc) if isinstance(exc, DashboardUnavailable) else f"not found: {exc}"
+            except (DashboardUnavailableError, LookupError) as exc:
+                detail.dashboard_error = str(exc) if isinstance(exc, DashboardUnavailableError) else f"not found: {exc}"
+            await activity(None if detail.dashboard_error else detail.jobs)
 
         async def notebook_pods() -> None:
             notebooks = self._pod_notebooks(provider)
@@ -168,9 +175,9 @@ class XRayService:
             except ClusterError as exc:
                 detail.notebooks_error = f"notebook pods could not be listed: {exc}"
 
-        async def activity() -> None:
+        async def activity(jobs: list[JobInfo] | None) -> None:
             now = datetime.now(UTC)
-            seen = await run_in_threadpool(lambda: read_activity(provider, cluster, now=now, timeout=5.0))
+            seen = await run_in_threadpool(lambda: read_activity(provider, cluster, now=now, timeout=5.0, jobs=jobs))
             idle = idle_seconds(cluster, seen, now)
             timeout = cluster.idle_timeout_seconds
             limit = f"idle timeout {human_age(timeout)}" if timeout else "no idle timeout"
@@ -178,7 +185,7 @@ class XRayService:
                 f"in use: {', '.join(seen.busy)}" if idle is None else f"idle for {human_age(idle)} ({limit})"
             )
 
-        await asyncio.gather(provider_events(), from_dashboard(), notebook_pods(), activity())
+        await asyncio.gather(provider_events(), from_dashboard(), notebook_pods())
         return detail
 
     @staticmethod
@@ -210,7 +217,7 @@ class XRayService:
 
         Raises:
             ForbiddenError: not the owner nor an admin (a notebook holds the cluster's token).
-            DashboardUnavailable: the cluster is not ready (local).
+            DashboardUnavailableError: the cluster is not ready (local).
         """
         cluster = await self.get(backend, namespace, name)
         authorize(identity, cluster, "attach a notebook to", self.config)
@@ -224,7 +231,7 @@ class XRayService:
         try:
             connection = await run_in_threadpool(lambda: provider.connect(name, namespace=namespace))
         except ClusterError as exc:
-            raise DashboardUnavailable(f"no notebook: {exc}") from exc
+            raise DashboardUnavailableError(f"no notebook: {exc}") from exc
         session = await run_in_threadpool(
             lambda: self.notebooks.launch(cluster_path(cluster), name, connection, identity.user, namespace=namespace)
         )

@@ -122,7 +122,7 @@ def cluster_row(cluster: ClusterInfo, *, now: datetime, run_statuses: Mapping[st
     """The row of one cluster; `run_statuses` holds the status of each known run id (absent: unknown)."""
     run_id = cluster.run_id
     known = run_id is not None and run_id in run_statuses
-    stale = staleness(cluster, lambda r: run_statuses.get(r, "UNKNOWN"), now)
+    stale = staleness(cluster, run_statuses, now)
     gpus, label = gpu_label(cluster)
     age = (now - cluster.created).total_seconds()
     price = _price(cluster)

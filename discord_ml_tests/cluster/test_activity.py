@@ -11,10 +11,11 @@ import pytest
 
 from discord_ml.cluster.archive import LogStore
 from discord_ml.cluster.kuberay.provider import KubeRayProvider
+from discord_ml.cluster.lifecycle import no_run_statuses
 from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.provider import ClusterNotFoundError, ClusterProvider
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.quests.automation import sweep
+from discord_ml.cluster.sweep import sweep
 from discord_ml.xray.notebooks import NotebookSessions
 from discord_ml_tests.support.jupyter import busy_kernel
 from discord_ml_tests.support.k8s_emulator import KubeEmulator
@@ -44,7 +45,9 @@ def _stop_job(client: object, job_id: str) -> None:
 def _sweep_at(provider: ClusterProvider, name: str, hours: float) -> str | None:
     """Sweep as if `hours` had passed since the cluster was created; what happened to it (None: nothing)."""
     created = provider.get(name).created
-    actions = [a for a in sweep(provider, None, now=created + timedelta(hours=hours)) if a.cluster.name == name]
+    actions = [
+        a for a in sweep(provider, no_run_statuses, now=created + timedelta(hours=hours)) if a.cluster.name == name
+    ]
     if not actions:
         return None
     return f"deleted: {actions[0].reason}" if actions[0].delete else actions[0].reason  # "kept, ..."

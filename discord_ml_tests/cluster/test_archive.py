@@ -7,7 +7,6 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,13 +14,14 @@ from typer.testing import CliRunner
 
 from discord_ml.cli.main import app
 from discord_ml.cluster.archive import LogStore, archive_before_delete
+from discord_ml.cluster.lifecycle import no_run_statuses
 from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.provider import ClusterConnection, ClusterInfo, ClusterNotFoundError, ClusterStatus
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.jobs.client import submit_and_follow
+from discord_ml.jobs.client import RayJobs
+from discord_ml.jobs.records import JobInfo, parse_job
 from discord_ml.xray.app import create_app
 from discord_ml.xray.config import XRayConfig
-from discord_ml.xray.runs import no_run_statuses
 
 ALICE = {"X-Forwarded-User": "alice"}
 
@@ -34,9 +34,11 @@ def _info(name: str = "gone", run_id: str | None = "run-1") -> ClusterInfo:
                        dashboard_url="http://127.0.0.1:1", labels=labels)  # fmt: skip
 
 
-def _ray_job(submission: str, status: str = "SUCCEEDED") -> dict[str, Any]:
-    return {"submission_id": submission, "job_id": "02000000", "status": status, "entrypoint": "python x.py",
-            "message": "", "start_time": 1_790_000_000_000, "end_time": 1_790_000_060_000, "metadata": {}}  # fmt: skip
+def _ray_job(submission: str, status: str = "SUCCEEDED") -> JobInfo:
+    """A job as the Jobs API lists it."""
+    return parse_job({"submission_id": submission, "job_id": "02000000", "status": status, "entrypoint": "python x.py",
+                      "message": "", "start_time": 1_790_000_000_000, "end_time": 1_790_000_060_000, "metadata": {}},
+                     datetime.now(UTC))  # fmt: skip
 
 
 def test_store_round_trip_window_and_what_is_visible(tmp_path: Path) -> None:
@@ -59,8 +61,8 @@ def test_store_round_trip_window_and_what_is_visible(tmp_path: Path) -> None:
         store.log(key, "gone_2")
     assert store.find_job("never") is None
     # A record is written last: logs without one (a save cut short) are not an archive.
-    store.lake.write_bytes_atomic(store.lake.path("clusters", "20261101T000000000000Z_local_ml_half", "logs", "x.log"),
-                                  b"partial")  # fmt: skip
+    half = store.store.path("clusters", "20261101T000000000000Z_local_ml_half", "logs", "x.log")
+    store.store.write_bytes_atomic(half, b"partial")
     assert "half" not in [a.name for a in store.clusters()]
 
 
@@ -97,9 +99,9 @@ def test_a_deleted_clusters_job_logs_read_back_through_the_cli_and_xray(tmp_path
         connection = provider.connect("archived-run")
         script = "import sys\nfor i in range(300): print(f'line {i}')\nsys.exit(3)\n"
         (tmp_path / "job.py").write_text(script)
-        outcome = submit_and_follow(connection.dashboard_url, entrypoint="python job.py", headers=connection.headers,
-                                    runtime_env={"working_dir": str(tmp_path)}, on_line=lambda _: None,
-                                    submission_id="archived-run_0a1b2c3d", raise_on_failure=False)  # fmt: skip
+        outcome = RayJobs.of(connection).submit_and_follow(
+            entrypoint="python job.py", runtime_env={"working_dir": str(tmp_path)}, on_line=lambda _: None,
+            submission_id="archived-run_0a1b2c3d", raise_on_failure=False)  # fmt: skip
         assert outcome.status == "FAILED"
     finally:
         runner = CliRunner()

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from discord_ml.cli.main import app
 from discord_ml.cluster.archive import LogStore
+from discord_ml.cluster.lifecycle import no_run_statuses
 from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.pools import get_catalog, parse_catalog
 from discord_ml.cluster.provider import ClusterInfo, ClusterStatus
@@ -23,7 +24,6 @@ from discord_ml.settings import get_settings
 from discord_ml.xray.app import create_app
 from discord_ml.xray.auth import Identity
 from discord_ml.xray.config import XRayConfig
-from discord_ml.xray.runs import no_run_statuses
 from discord_ml.xray.views import cluster_row
 
 ALICE = Identity("alice", frozenset(), admin=False)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from discord_ml.cluster.local.nodes import LocalRayCluster
-from discord_ml.jobs.client import RayJobFailedError, submit_and_follow
+from discord_ml.jobs.client import RayJobFailedError, RayJobs
 
 pytestmark = pytest.mark.slow
 
@@ -19,10 +19,8 @@ pytestmark = pytest.mark.slow
 def test_lines_are_streamed_in_order(local_cluster: LocalRayCluster) -> None:
     lines: list[str] = []
     script = "import time\nfor i in range(20):\n    print(f'line-{i}', flush=True)\n    time.sleep(0.02)"
-    outcome = submit_and_follow(
-        local_cluster.dashboard_url,
+    outcome = RayJobs(local_cluster.dashboard_url, headers=local_cluster.auth_headers()).submit_and_follow(
         entrypoint=f'python -c "{script}"',
-        headers=local_cluster.auth_headers(),
         on_line=lines.append,
     )
     assert outcome.status == "SUCCEEDED"
@@ -39,8 +37,8 @@ def test_lines_arrive_without_colour_codes(local_cluster: LocalRayCluster) -> No
         "@ray.remote\ndef task(): print('from-a-task', flush=True)\n"
         "ray.get(task.remote()); print('\\x1b[31mred\\x1b[0m', flush=True)"
     )
-    outcome = submit_and_follow(local_cluster.dashboard_url, entrypoint=f"python -c {shlex.quote(script)}",
-                                headers=local_cluster.auth_headers(), on_line=lines.append)  # fmt: skip
+    jobs = RayJobs(local_cluster.dashboard_url, headers=local_cluster.auth_headers())
+    outcome = jobs.submit_and_follow(entrypoint=f"python -c {shlex.quote(script)}", on_line=lines.append)
     assert outcome.status == "SUCCEEDED"
     assert "red" in lines and any(line.startswith("(task pid=") and "from-a-task" in line for line in lines), lines
     assert not any("\x1b" in line for line in lines)
@@ -48,10 +46,8 @@ def test_lines_arrive_without_colour_codes(local_cluster: LocalRayCluster) -> No
 
 def test_failed_job_raises_with_its_last_lines(local_cluster: LocalRayCluster) -> None:
     with pytest.raises(RayJobFailedError) as failure:
-        submit_and_follow(
-            local_cluster.dashboard_url,
+        RayJobs(local_cluster.dashboard_url, headers=local_cluster.auth_headers()).submit_and_follow(
             entrypoint="python -c \"import sys; print('about to fail', flush=True); sys.exit(3)\"",
-            headers=local_cluster.auth_headers(),
             on_line=lambda _: None,
         )
     assert failure.value.status == "FAILED"
@@ -61,10 +57,10 @@ def test_failed_job_raises_with_its_last_lines(local_cluster: LocalRayCluster) -
 
 FOLLOW_AND_WAIT = """
 import sys
-from discord_ml.jobs.client import submit_and_follow
-submit_and_follow(sys.argv[1], entrypoint="python -c \\"import time; print('started', flush=True); time.sleep(300)\\"",
-                  headers={"Authorization": sys.argv[2]}, on_line=lambda line: print(line, flush=True),
-                  on_submitted=lambda job_id: print("JOB", job_id, flush=True))
+from discord_ml.jobs.client import RayJobs
+RayJobs(sys.argv[1], headers={"Authorization": sys.argv[2]}).submit_and_follow(
+    entrypoint="python -c \\"import time; print('started', flush=True); time.sleep(300)\\"",
+    on_line=lambda line: print(line, flush=True), on_submitted=lambda job_id: print("JOB", job_id, flush=True))
 """
 
 

@@ -163,7 +163,7 @@ def test_terminated_run_stops_its_ray_job_and_deletes_the_cluster(tmp_path: Path
 
 def test_killed_run_worker_leaves_its_cluster_to_the_sweeper(tmp_path: Path) -> None:
     from discord_ml.orchestration.resources import RayClusterResource
-    from discord_ml.quests.automation import ray_cluster_sweeper
+    from discord_ml.orchestration.sweeper import ray_cluster_sweeper
 
     with _slow_run(tmp_path) as (worker, instance, run_id):
         worker.kill()  # SIGKILL: no teardown runs, the run stays STARTED

@@ -16,7 +16,8 @@ from discord_ml.quests.automation import (
     daily_retrain_schedule,
     landed_impressions_sensor,
 )
-from discord_ml.quests.lake import SUCCESS, Lake
+from discord_ml.quests.lake import Lake
+from discord_ml.storage import SUCCESS
 
 
 def _land(lake: Lake, *days: int, features: bool = False) -> None:

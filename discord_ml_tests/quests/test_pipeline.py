@@ -18,7 +18,7 @@ import pytest
 from discord_ml.cluster.local.nodes import LocalRayCluster
 from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.definitions import defs
-from discord_ml.jobs.client import submit_and_follow
+from discord_ml.jobs.client import RayJobs
 from discord_ml.quests.assets import DataLakeResource
 from discord_ml.quests.automation import RANGE_END, RANGE_START, landed_impressions_sensor
 from discord_ml.quests.lake import Lake
@@ -187,8 +187,8 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(local_cluster: LocalRa
     args = f"--root {lake.root} --date 2026-11-03 --window 3 --epochs 3 --workers 2 --fail-once-at-epoch 1"
     entrypoint = f"python -m discord_ml.quests.tasks.train {args} --run-id fault-drill"
     headers = local_cluster.auth_headers()
-    outcome = submit_and_follow(
-        local_cluster.dashboard_url, entrypoint=entrypoint, headers=headers, on_line=lines.append
+    outcome = RayJobs(local_cluster.dashboard_url, headers=headers).submit_and_follow(
+        entrypoint=entrypoint, on_line=lines.append
     )
     assert outcome.status == "SUCCEEDED"
     assert any("fault drill: killing worker rank 1" in line for line in lines)
@@ -211,8 +211,8 @@ def test_two_workers_learn_what_one_worker_learns(local_cluster: LocalRayCluster
         args = f"--root {lake.root} --date 2026-11-04 --window 4 --epochs 3 --workers {workers} " \
                f"--batch-size {1024 // workers}"  # fmt: skip
         entrypoint = f"python -m discord_ml.quests.tasks.train {args} --run-id w{workers}"
-        outcome = submit_and_follow(local_cluster.dashboard_url, headers=local_cluster.auth_headers(),
-                                    entrypoint=entrypoint)  # fmt: skip
+        jobs = RayJobs(local_cluster.dashboard_url, headers=local_cluster.auth_headers())
+        outcome = jobs.submit_and_follow(entrypoint=entrypoint)
         assert outcome.status == "SUCCEEDED"
         training = ModelRegistry(lake).latest("dlrm")
         assert training is not None and training.card["training"]["world"] == workers

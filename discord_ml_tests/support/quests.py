@@ -9,9 +9,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from discord_ml.quests.lake import SUCCESS, Lake
+from discord_ml.quests.lake import Lake
 from discord_ml.quests.ml.features import FeatureSpec, featurize, split_valid
 from discord_ml.quests.ml.world import WorldConfig
+from discord_ml.storage import SUCCESS
 
 # The demo's world: big enough that the neural model beats XGBoost, small enough for a test.
 DEMO_WORLD: dict[str, Any] = {"users": 2000, "quests": 300, "impressions_per_day": 60_000, "requests_per_day": 2000}

@@ -14,11 +14,11 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from discord_ml.cluster.lifecycle import RunStatuses, no_run_statuses
 from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml.xray.app import create_app
 from discord_ml.xray.config import XRayConfig
-from discord_ml.xray.runs import RunStatuses, no_run_statuses
 
 SECRET = "test-csrf-secret"
 

@@ -17,13 +17,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from discord_ml.cluster.kuberay.provider import KubeRayProvider
+from discord_ml.cluster.lifecycle import no_run_statuses
 from discord_ml.cluster.local.processes import group_alive
 from discord_ml.cluster.provider import ClusterStatus
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.jobs.client import submit_and_follow
+from discord_ml.jobs.client import RayJobs
+from discord_ml.orchestration.run_statuses import DagsterRunStatuses
 from discord_ml.xray.app import create_app
 from discord_ml.xray.config import XRayConfig
-from discord_ml.xray.runs import DagsterRunStatuses, no_run_statuses
 from discord_ml_tests.support.k8s_emulator import KubeEmulator
 from discord_ml_tests.xray.conftest import XRayWorld, make_app
 
@@ -139,8 +140,8 @@ def test_job_status_download_and_live_stream(client: TestClient, xray_world: XRa
     done = threading.Event()
 
     def run() -> None:
-        submit_and_follow(connection.dashboard_url, entrypoint=f"python -c {shlex.quote(script)}",
-                          headers=connection.headers, on_line=lambda _: None, on_submitted=ids.append)  # fmt: skip
+        RayJobs.of(connection).submit_and_follow(entrypoint=f"python -c {shlex.quote(script)}",
+                                                 on_line=lambda _: None, on_submitted=ids.append)  # fmt: skip
         done.set()
 
     threading.Thread(target=run, daemon=True).start()

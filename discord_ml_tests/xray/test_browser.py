@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
-from discord_ml.jobs.client import submit_and_follow
+from discord_ml.jobs.client import RayJobs
 from discord_ml_tests.xray.conftest import XRayWorld
 
 pytestmark = pytest.mark.slow
@@ -117,9 +117,9 @@ def test_job_log_page_shows_lines_as_the_job_prints_them(browser: Browser, xray_
               f"while not os.path.exists({str(release)!r}): time.sleep(0.1)\n"
               "print('stage', 2, flush=True)")  # fmt: skip
     ids: list[str] = []
-    runner = threading.Thread(target=lambda: submit_and_follow(
-        connection.dashboard_url, entrypoint=f"python -c {shlex.quote(script)}", headers=connection.headers,
-        on_line=lambda _: None, on_submitted=ids.append), daemon=True)  # fmt: skip
+    runner = threading.Thread(target=lambda: RayJobs.of(connection).submit_and_follow(
+        entrypoint=f"python -c {shlex.quote(script)}", on_line=lambda _: None, on_submitted=ids.append),
+        daemon=True)  # fmt: skip
     runner.start()
     page = as_user(browser, xray_server, "alice").new_page()
     page.goto("/clusters/local/ml/xr-alice")
@@ -150,9 +150,8 @@ def test_a_deleted_clusters_job_opens_from_the_archive(browser: Browser, xray_se
     connection = provider.connect("xr-gone")
     ids: list[str] = []
     # In a thread: Playwright's sync API keeps an event loop running in this one.
-    job = threading.Thread(target=lambda: ids.append(submit_and_follow(
-        connection.dashboard_url, entrypoint="python -c \"print('kept', 'after', 'deletion')\"",
-        headers=connection.headers, on_line=lambda _: None).job_id))  # fmt: skip
+    job = threading.Thread(target=lambda: ids.append(RayJobs.of(connection).submit_and_follow(
+        entrypoint="python -c \"print('kept', 'after', 'deletion')\"", on_line=lambda _: None).job_id))  # fmt: skip
     job.start()
     job.join(timeout=180)
     [job_id] = ids

@@ -14,6 +14,16 @@ from typing import Any
 
 import yaml
 
+from discord_ml.cluster.conventions import (
+    DASHBOARD_PORT,
+    IDLE_ANNOTATION,
+    LABEL_PREFIX,
+    MANAGED_BY,
+    NOTEBOOK_LABEL,
+    RAY_CLIENT_PORT,
+    TTL_ANNOTATION,
+    cluster_labels,
+)
 from discord_ml.cluster.kuberay.security import hardened_container_security_context, hardened_pod_security_context
 from discord_ml.cluster.pools import GpuPool, PoolCatalog
 from discord_ml.cluster.quantity import format_bytes, parse_quantity
@@ -21,42 +31,13 @@ from discord_ml.cluster.spec import ClusterSpec, normalized_cpu, normalized_memo
 from discord_ml.settings import get_settings
 
 RAY_API_VERSION = "ray.io/v1"
-LABEL_PREFIX = "discord-ml.io"
-MANAGED_BY = "discord-ml"
-TTL_ANNOTATION = f"{LABEL_PREFIX}/ttl-seconds"
-IDLE_ANNOTATION = f"{LABEL_PREFIX}/idle-timeout-seconds"
-ACTIVE_ANNOTATION = f"{LABEL_PREFIX}/last-active"  # heartbeats of the Dagster step holding the cluster
-RUN_ID_LABEL = "dagster.io/run-id"
-JOB_LABEL = "dagster.io/job"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-NOTEBOOK_LABEL = f"{LABEL_PREFIX}/notebook-for"  # on a notebook pod: the cluster it attaches to
 
 HEAD_PORTS = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001), ("metrics", 8080))
-DASHBOARD_PORT = 8265
-RAY_CLIENT_PORT = 10001
 # Ray's default object store is 30% of memory; it lives in /dev/shm, which we size to match.
 OBJECT_STORE_FRACTION = Decimal("0.3")
 MIN_OBJECT_STORE = 128 * 2**20
 MAX_OBJECT_STORE = 200 * 2**30  # about Ray's own 200 GB cap on the default object store
-
-
-def cluster_labels(spec: ClusterSpec, pool: GpuPool) -> dict[str, str]:
-    """Ownership labels on the cluster and every pod: who, what for, which machines, which run."""
-    labels = {
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        "app.kubernetes.io/part-of": "discord-ml",
-        f"{LABEL_PREFIX}/cluster": spec.cluster_name,
-        f"{LABEL_PREFIX}/owner": spec.owner,
-        f"{LABEL_PREFIX}/team": spec.team,
-        f"{LABEL_PREFIX}/purpose": spec.purpose.value,
-        f"{LABEL_PREFIX}/gpu-pool": pool.name,
-        f"{LABEL_PREFIX}/gpu-type": pool.accelerator or "none",
-    }
-    if spec.dagster_run_id:
-        labels[RUN_ID_LABEL] = spec.dagster_run_id
-    if spec.dagster_job:
-        labels[JOB_LABEL] = spec.dagster_job
-    return {**spec.labels, **labels}
 
 
 def _object_store_bytes(memory: str) -> int:

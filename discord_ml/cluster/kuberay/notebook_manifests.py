@@ -12,14 +12,8 @@ import hashlib
 import re
 from typing import Any
 
-from discord_ml.cluster.kuberay.manifests import (
-    DASHBOARD_PORT,
-    LABEL_PREFIX,
-    MANAGED_BY,
-    NOTEBOOK_LABEL,
-    RAY_CLIENT_PORT,
-    auth_secret_name_for,
-)
+from discord_ml.cluster.conventions import DASHBOARD_PORT, LABEL_PREFIX, MANAGED_BY, NOTEBOOK_LABEL, RAY_CLIENT_PORT
+from discord_ml.cluster.kuberay.manifests import auth_secret_name_for
 from discord_ml.cluster.kuberay.security import hardened_container_security_context, hardened_pod_security_context
 
 JUPYTER_PORT = 8888

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from discord_ml.cluster.kuberay.manifests import LABEL_PREFIX, NOTEBOOK_LABEL
+from discord_ml.cluster.conventions import LABEL_PREFIX, NOTEBOOK_LABEL
 from discord_ml.cluster.kuberay.notebook_manifests import (
     JUPYTER_PORT,
     build_lab_secret,

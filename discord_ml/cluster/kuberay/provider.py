@@ -27,14 +27,16 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from discord_ml.cluster.archive import archive_before_delete
-from discord_ml.cluster.kuberay import capacity
-from discord_ml.cluster.kuberay.manifests import (
+from discord_ml.cluster.conventions import (
     ACTIVE_ANNOTATION,
     DASHBOARD_PORT,
     IDLE_ANNOTATION,
     LABEL_PREFIX,
     RAY_CLIENT_PORT,
     TTL_ANNOTATION,
+)
+from discord_ml.cluster.kuberay import capacity
+from discord_ml.cluster.kuberay.manifests import (
     auth_secret_name_for,
     build_auth_secret,
     build_network_policy,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from discord_ml.cluster.archive import archive_before_delete
-from discord_ml.cluster.kuberay.manifests import cluster_labels
+from discord_ml.cluster.conventions import cluster_labels
 from discord_ml.cluster.local.nodes import LocalClusterError, LocalRayCluster
 from discord_ml.cluster.local.processes import process_start, same_process_alive
 from discord_ml.cluster.local.state import ClusterRecord, LocalRegistry

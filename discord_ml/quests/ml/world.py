@@ -26,7 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from discord_ml.quests.lake import SUCCESS, Lake, date_str
+from discord_ml.quests.lake import Lake, date_str
+from discord_ml.storage import SUCCESS
 
 COUNTRIES = ("us", "br", "de", "fr", "gb", "jp", "kr", "in", "mx", "pl")
 PLATFORMS = ("desktop", "mobile", "console", "web")

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from discord_ml.cluster.conventions import RUN_ID_LABEL, TTL_ANNOTATION
 from discord_ml.cluster.kuberay.manifests import (
-    RUN_ID_LABEL,
-    TTL_ANNOTATION,
     build_auth_secret,
     build_cluster_manifests,
     build_network_policy,

@@ -23,7 +23,7 @@ from discord_ml.cluster.provider import (
     ClusterStatus,
 )
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.jobs.client import submit_and_follow
+from discord_ml.jobs.client import RayJobs
 from discord_ml_tests.support.k8s_emulator import UNSCHEDULABLE, KubeEmulator, serve
 from discord_ml_tests.support.schemas import require_crds
 
@@ -65,8 +65,8 @@ def test_lifecycle_with_a_real_ray_head(cluster_api: tuple[KubeEmulator, KubeRay
         # The dashboard comes from the head service; the token from the cluster's Secret.
         connection = provider.connect("kr-train")
         lines: list[str] = []
-        outcome = submit_and_follow(connection.dashboard_url, entrypoint="python -c \"print('hello from kuberay')\"",
-                                    headers=connection.headers, on_line=lines.append)  # fmt: skip
+        outcome = RayJobs.of(connection).submit_and_follow(entrypoint="python -c \"print('hello from kuberay')\"",
+                                                           on_line=lines.append)  # fmt: skip
         assert outcome.status == "SUCCEEDED" and "hello from kuberay" in lines
         with pytest.raises(ClusterExistsError, match="'kr-train' already exists in namespace 'ml'"):
             provider.create(_spec("kr-train"))

@@ -19,7 +19,7 @@ from discord_ml.cluster.provider import (
     ClusterStatus,
 )
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.jobs.client import submit_and_follow
+from discord_ml.jobs.client import RayJobs
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +40,8 @@ def test_lifecycle_survives_a_new_provider_and_leaves_nothing(tmp_path: Path) ->
         assert again.wait_ready("prov-a", timeout=30).status == ClusterStatus.READY
         connection = again.connect("prov-a")
         lines: list[str] = []
-        outcome = submit_and_follow(connection.dashboard_url, entrypoint="python -c \"print('hi from prov-a')\"",
-                                    headers=connection.headers, on_line=lines.append)  # fmt: skip
+        outcome = RayJobs.of(connection).submit_and_follow(entrypoint="python -c \"print('hi from prov-a')\"",
+                                                           on_line=lines.append)  # fmt: skip
         assert outcome.status == "SUCCEEDED" and "hi from prov-a" in lines
         with pytest.raises(ClusterExistsError, match="'prov-a' already exists in namespace 'ml'"):
             again.create(spec)

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from discord_ml.cluster.local.nodes import LocalRayCluster
-from discord_ml.jobs.client import submit_and_follow
+from discord_ml.jobs.client import RayJobs
 from discord_ml.quests.lake import Lake, LakeError
 from discord_ml.quests.ml.features import split_valid
 from discord_ml.quests.ml.scoring import Scorer
@@ -74,8 +74,8 @@ def test_the_actor_pool_gives_exactly_the_top_k_of_one_process(local_cluster: Lo
         f"python -m discord_ml.quests.tasks.inference --root {lake.root} --date {serving} --model xgboost/v0001 "
         "--actors 2 --top-k 3 --max-part-rows 333",
     ):
-        outcome = submit_and_follow(local_cluster.dashboard_url, headers=local_cluster.auth_headers(),
-                                    entrypoint=entrypoint, on_line=lines.append)  # fmt: skip
+        jobs = RayJobs(local_cluster.dashboard_url, headers=local_cluster.auth_headers())
+        outcome = jobs.submit_and_follow(entrypoint=entrypoint, on_line=lines.append)
         assert outcome.status == "SUCCEEDED", "\n".join(lines[-30:])
     [line] = [x for x in lines if x.startswith(RESULT_PREFIX)]
     summary = json.loads(line.removeprefix(RESULT_PREFIX))

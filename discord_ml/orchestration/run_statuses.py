@@ -1,26 +1,19 @@
-"""The status of the Dagster runs that own clusters, for the orphan badges.
+"""The status of the Dagster runs that own clusters, in one batch: for the sweep and X-Ray's badges.
 
-X-Ray reads the Dagster instance (DAGSTER_HOME: the same run storage as the webserver) in one batch
-per page; without one, run-owned clusters are shown without an orphan verdict.
+They come from the Dagster instance (DAGSTER_HOME: the same run storage as the webserver); without
+one every run is unknown (`lifecycle.no_run_statuses`), so run-owned clusters get no orphan verdict.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import TYPE_CHECKING
+
+from discord_ml.cluster.lifecycle import RunStatuses, no_run_statuses
 
 if TYPE_CHECKING:
     import dagster as dg
-
-
-RunStatuses = Callable[[Collection[str]], dict[str, str | None]]
-"""Run ids -> Dagster status name; a run id absent from the answer is unknown, None is missing."""
-
-
-def no_run_statuses(run_ids: Collection[str]) -> dict[str, str | None]:
-    """Used when there is no Dagster instance to ask: every run is unknown."""
-    return {}
 
 
 class DagsterRunStatuses:
