@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import psutil
@@ -39,12 +40,13 @@ import psutil
 from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml.jobs.client import RayJobs
+from discord_ml.quests.entrypoints import EvaluateArgs, InferenceArgs, TrainArgs
 from discord_ml.quests.lake import Lake, date_str
 from discord_ml.quests.ml.world import REQUEST_ROW_GROUP, WorldConfig, generate
 from discord_ml.quests.model_registry import ModelRegistry
 from discord_ml.quests.tasks.evaluate import markdown_table
 from discord_ml.quests.tasks.inference import MAX_PART_ROWS, RESULT_PREFIX, plan_parts
-from discord_ml_tests.support.quests import read_dir, write_features_in_process
+from discord_ml.quests.tasks.prep import prep_in_process
 
 
 @contextmanager
@@ -138,7 +140,7 @@ def _tile_requests(lake: Lake, source: dt.date, target: dt.date, rows: int) -> i
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    base = read_dir(lake, lake.requests_dir(source))
+    base = lake.read_table(lake.files(lake.requests_dir(source)))
     copies = -(-rows // base.num_rows)
     span = int(pc.max(base["request_id"]).as_py()) + 1  # pyright: ignore[reportAttributeAccessIssue]
     tables = [base.set_column(base.schema.get_field_index("request_id"), "request_id",
@@ -185,7 +187,7 @@ def main() -> None:
     landed = generate(lake, days=args.days, config=world)
     days = [dt.date.fromisoformat(d["date"]) for d in landed]
     for day in days:
-        write_features_in_process(lake, day)
+        prep_in_process(lake, day)
     total = sum(d["impressions"] for d in landed)
     print(f"data: {total:,} impressions over {args.days} days ({world.users:,} users, {world.quests} quests), "
           f"generated and featurized in {time.perf_counter() - started:.0f}s under {root}", flush=True)  # fmt: skip
@@ -212,15 +214,14 @@ def main() -> None:
             print(f"  {label}: {seconds:.0f}s", flush=True)
             return seconds
 
-        common = f"--root {root} --date {test} --window {args.days} --epochs {args.epochs} " \
-                 f"--learning-rate {args.learning_rate} --sparse-learning-rate {args.sparse_learning_rate} " \
-                 f"--batch-size {args.batch_size}"  # fmt: skip
+        common = TrainArgs(root=root, date=test, window=args.days, epochs=args.epochs, learning_rate=args.learning_rate,
+                           sparse_learning_rate=args.sparse_learning_rate, batch_size=args.batch_size)  # fmt: skip
         results: dict[str, dict[str, Any]] = {}
         print("training (Ray Train + TorchRec):", flush=True)
         for model, workers in [("dlrm", 1), *((m, 2) for m in models)]:
             with peak_rss(_title("ray::RayTrainWorker")) as peak:
-                wall = job(f"python -m discord_ml.quests.tasks.train {common} --model {model} --workers {workers} "
-                           f"--run-id bench-{model}-{workers}", f"{model}, {workers} worker(s)")  # fmt: skip
+                command = replace(common, model=model, workers=workers, run_id=f"bench-{model}-{workers}").command()
+                wall = job(command, f"{model}, {workers} worker(s)")
             version = registry.latest(model)
             assert version is not None
             results[f"{model}/{workers}"] = {"version": version, "wall": wall, "peak": dict(peak)}
@@ -235,7 +236,7 @@ def main() -> None:
         tables = {}
         for model in models:
             ref = results[f"{model}/2"]["version"].ref
-            job(f"python -m discord_ml.quests.tasks.evaluate --root {root} --candidate {ref}", f"evaluate {ref}")
+            job(EvaluateArgs(root=root, candidate=ref).command(), f"evaluate {ref}")
             tables[model] = lake.read_json(f"{lake.evaluation_dir(days[-1])}/{ref.replace('/v', '-v')}/metrics.json")
 
         print("batch inference:", flush=True)
@@ -247,8 +248,7 @@ def main() -> None:
             if label == "large day":
                 rows = _tile_requests(lake, days[-1] + dt.timedelta(days=1), dt.date(2030, 1, 1), args.inference_rows)
                 print(f"  landed {rows:,} candidate rows for {day}", flush=True)
-            job(f"python -m discord_ml.quests.tasks.inference --root {root} --date {day} --model {ref} --actors 2",
-                f"actor pool, {ref}, {label}")  # fmt: skip
+            job(InferenceArgs(root=root, date=day, model=ref, actors=2).command(), f"actor pool, {ref}, {label}")
             [summary] = [line for line in lines if line.startswith(RESULT_PREFIX)]
             inference[label] = json.loads(summary.removeprefix(RESULT_PREFIX))
         # The steady state is compared on the largest day: a few parts per actor are too few to time.

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyarrow import fs as pafs
 
 SUCCESS = "_SUCCESS"
@@ -73,6 +74,14 @@ class Store:
         infos = self.filesystem.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
         names = [i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)]
         return sorted(n for n in names if not n.rsplit("/", 1)[-1].startswith(("_", ".")))
+
+    def read_table(self, files: Sequence[str], columns: Sequence[str] | None = None) -> pa.Table:
+        """Parquet `files` as one table (only `columns`, if given)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        cols = list(columns) if columns is not None else None
+        return pa.concat_tables(pq.read_table(f, filesystem=self.filesystem, columns=cols) for f in files)
 
     def read_json(self, path: str) -> Any:
         with self.filesystem.open_input_stream(path) as stream:

@@ -7,13 +7,16 @@ import dagster as dg
 from pydantic import Field
 
 from discord_ml.orchestration.resources import RayClusterResource
+from discord_ml.orchestration.smoke import SmokeArgs
+
+SMOKE = SmokeArgs()  # the job's defaults are the Launchpad's
 
 
 class ClusterCheckConfig(dg.Config):
     """How much work the check fans out (the cluster's size is the `ray_cluster` resource's config)."""
 
-    tasks: int = Field(default=8, ge=1, le=1000, description="Ray tasks the job fans out over the workers.")
-    draws: int = Field(default=200_000, ge=1, le=10**8, description="Monte Carlo samples per task.")
+    tasks: int = Field(default=SMOKE.tasks, ge=1, le=1000, description="Ray tasks the job fans out over the workers.")
+    draws: int = Field(default=SMOKE.draws, ge=1, le=10**8, description="Monte Carlo samples per task.")
 
 
 @dg.asset(
@@ -24,9 +27,7 @@ class ClusterCheckConfig(dg.Config):
 def ray_cluster_check(
     context: dg.AssetExecutionContext, config: ClusterCheckConfig, ray_cluster: RayClusterResource
 ) -> Any:
-    yield from ray_cluster.run_job(
-        context, f"python -m discord_ml.orchestration.smoke --tasks {config.tasks} --draws {config.draws}"
-    )
+    yield from ray_cluster.run_job(context, SmokeArgs(tasks=config.tasks, draws=config.draws).command())
 
 
 platform_check_job = dg.define_asset_job(

@@ -1,31 +1,40 @@
 """A Ray job that proves the cluster works: fans tasks out over every worker node and estimates
-pi by Monte Carlo. Prints progress lines; reports its measurements through Dagster Pipes."""
+pi by Monte Carlo. Prints progress lines; reports its measurements through Dagster Pipes.
+
+`ray` is imported inside functions: the platform check's asset imports `SmokeArgs` from here.
+"""
 
 from __future__ import annotations
 
-import argparse
 import random
 import socket
 import time
+from typing import ClassVar
 
-import ray
-from dagster_pipes import open_dagster_pipes
+from discord_ml.jobs.entrypoint import Entrypoint, arg
 
 
-@ray.remote(num_cpus=1)
+class SmokeArgs(Entrypoint):
+    """How much work the smoke job fans out."""
+
+    MODULE: ClassVar[str] = "discord_ml.orchestration.smoke"
+    tasks: int = arg(default=8, help="number of Ray tasks")
+    draws: int = arg(default=200_000, help="samples per task")
+
+
 def sample(seed: int, draws: int) -> tuple[int, str]:
     """Count the draws that land inside the unit circle, and say which node did it."""
+    import ray
+
     rng = random.Random(seed)
     inside = sum(1 for _ in range(draws) if rng.random() ** 2 + rng.random() ** 2 <= 1.0)
     return inside, ray.get_runtime_context().get_node_id()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tasks", type=int, default=8, help="number of Ray tasks")
-    parser.add_argument("--draws", type=int, default=200_000, help="samples per task")
-    args = parser.parse_args()
+    from dagster_pipes import open_dagster_pipes
 
+    args = SmokeArgs.parse()
     with open_dagster_pipes() as pipes:
         result = run(args.tasks, args.draws)
         pipes.log.info(f"pi ~ {result['pi_estimate']:.4f} from {result['tasks']} tasks")
@@ -34,11 +43,14 @@ def main() -> None:
 
 def run(tasks: int, draws: int) -> dict[str, float | int | str]:
     """Fan `tasks` sampling tasks out over the cluster and summarize what happened."""
+    import ray
+
     started = time.monotonic()
     ray.init()
     nodes = [n for n in ray.nodes() if n["Alive"]]
     print(f"connected to Ray {ray.__version__} on {socket.gethostname()}: {len(nodes)} alive nodes", flush=True)
-    refs = [sample.remote(seed, draws) for seed in range(tasks)]
+    remote = ray.remote(num_cpus=1)(sample)
+    refs = [remote.remote(seed, draws) for seed in range(tasks)]
     inside, node_ids = 0, set()
     for i, (hits, node_id) in enumerate(ray.get(refs)):
         inside += hits

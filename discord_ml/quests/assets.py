@@ -11,6 +11,7 @@ from pydantic import Field
 
 from discord_ml.orchestration.resources import RayClusterResource
 from discord_ml.quests.config import InferenceConfig, PrepConfig, TrainConfig
+from discord_ml.quests.entrypoints import EvaluateArgs, InferenceArgs, PrepArgs, TrainArgs
 from discord_ml.quests.lake import Lake, date_str, default_root, parse_date
 from discord_ml.quests.model_registry import ModelRegistry, RegistryError, git_sha
 from discord_ml.settings import get_settings
@@ -95,9 +96,8 @@ def quest_features(
         raise _fail(f"impressions for {', '.join(missing)} have not landed (no _SUCCESS marker under "
                     f"{lake.path('landing', 'impressions')}); wait for the upstream export or generate data with "
                     "`dml data generate`")  # fmt: skip
-    dates = " ".join(f"--date {date_str(d)}" for d in days)
-    result = _results(ray_cluster.run_job(
-        context, f"python -m discord_ml.quests.tasks.prep --root {lake.root} {dates}", env=_job_env()))  # fmt: skip
+    command = PrepArgs(root=lake.root, date=[date_str(d) for d in days]).command()
+    result = _results(ray_cluster.run_job(context, command, env=_job_env()))
     yield result
     meta = _values(result.metadata)
     share = float(meta["rows_quarantined"]) / max(float(meta["rows_in"]), 1.0)
@@ -141,25 +141,15 @@ def ranking_model(
         )
     except ValueError as exc:
         raise _fail(f"gpu_pool/workers: {exc}") from None
-    args = [
-        f"--root {lake.root}",
-        f"--date {date_str(day)}",
-        f"--window {config.data_window}",
-        f"--model {config.model_name}",
-        f"--workers {config.workers}",
-        f"--epochs {config.epochs}",
-        f"--batch-size {config.batch_size}",
-        f"--learning-rate {config.learning_rate}",
-        f"--sparse-learning-rate {config.sparse_learning_rate}",
-        f"--embedding-dim {config.embedding_dim}",
-        f"--run-id {context.run.run_id}",
-    ]
-    if config.fail_once_at_epoch is not None:
-        args.append(f"--fail-once-at-epoch {config.fail_once_at_epoch}")
+    args = TrainArgs(root=lake.root, date=date_str(day), window=config.data_window, model=str(config.model_name),
+                     workers=config.workers, epochs=config.epochs, batch_size=config.batch_size,
+                     learning_rate=config.learning_rate, sparse_learning_rate=config.sparse_learning_rate,
+                     embedding_dim=config.embedding_dim, run_id=context.run.run_id,
+                     fail_once_at_epoch=config.fail_once_at_epoch)  # fmt: skip
     yield _results(
         ray_cluster.run_job(
             context,
-            "python -m discord_ml.quests.tasks.train " + " ".join(args),
+            args.command(),
             env=_job_env(),
             gpu_pool=pool,
             workers=config.workers,
@@ -222,7 +212,7 @@ def model_evaluation(context: dg.AssetExecutionContext, ray_cluster: RayClusterR
     result = _results(
         ray_cluster.run_job(
             context,
-            f"python -m discord_ml.quests.tasks.evaluate --root {lake.root} --candidate {candidate}",
+            EvaluateArgs(root=lake.root, candidate=candidate).command(),
             env=_job_env(),
         )
     )
@@ -284,10 +274,7 @@ def quest_recommendations(
         raise _fail(f"no serving requests for {date_str(serving)} in {lake.requests_dir(serving)}")
     if ModelRegistry(lake).production() is None:
         raise _fail("there is no production model yet; materialize production_model first")
-    command = (
-        f"python -m discord_ml.quests.tasks.inference --root {lake.root} --date {date_str(serving)} "
-        f"--top-k {config.top_k} --actors {config.actors}"
-    )
+    command = InferenceArgs(root=lake.root, date=date_str(serving), top_k=config.top_k, actors=config.actors).command()
     yield _results(ray_cluster.run_job(context, command, env=_job_env()))
 
 

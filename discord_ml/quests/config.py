@@ -8,6 +8,10 @@ import dagster as dg
 from pydantic import Field, model_validator
 
 from discord_ml.cluster.pools import get_catalog
+from discord_ml.quests.entrypoints import InferenceArgs, TrainArgs
+
+TRAIN = TrainArgs(root="", date="")  # the jobs' defaults are the Launchpad's
+INFERENCE = InferenceArgs(root="", date="")
 
 
 class ModelName(StrEnum):
@@ -26,9 +30,9 @@ GpuPoolName = StrEnum("GpuPoolName", {name: name for name in _POOLS})
 class TrainConfig(dg.Config):
     """What to train, on which days, on what hardware."""
 
-    model_name: ModelName = Field(default=ModelName.dlrm, description="dlrm, dcn_v2 or xgboost.")
+    model_name: ModelName = Field(default=ModelName(TRAIN.model), description="dlrm, dcn_v2 or xgboost.")
     data_window: int = Field(
-        default=4,
+        default=TRAIN.window,
         ge=3,
         le=60,
         description="Days of features ending at the partition date: training days, then a validation day (early "
@@ -37,19 +41,21 @@ class TrainConfig(dg.Config):
     gpu_pool: GpuPoolName = Field(  # pyright: ignore[reportInvalidTypeForm]
         default=next(iter(GpuPoolName)), description="GPU pool of the training cluster's workers (see `dml pools`)."
     )
-    workers: int = Field(default=2, ge=1, le=64, description="Training workers: one Ray Train worker per node.")
-    epochs: int = Field(default=5, ge=1, le=100, description="Passes over the window's training days.")
-    batch_size: int = Field(default=2048, ge=32, le=1 << 20, description="Rows per step on each worker.")
+    workers: int = Field(
+        default=TRAIN.workers, ge=1, le=64, description="Training workers: one Ray Train worker per node."
+    )
+    epochs: int = Field(default=TRAIN.epochs, ge=1, le=100, description="Passes over the window's training days.")
+    batch_size: int = Field(default=TRAIN.batch_size, ge=32, le=1 << 20, description="Rows per step on each worker.")
     learning_rate: float = Field(
-        default=0.01, gt=0, le=1.0, description="Adam step size of the dense layers in the first epoch."
+        default=TRAIN.learning_rate, gt=0, le=1.0, description="Adam step size of the dense layers in the first epoch."
     )
     sparse_learning_rate: float = Field(
-        default=0.5,
+        default=TRAIN.sparse_learning_rate,
         gt=0,
         le=10.0,
         description="Row-wise Adagrad step of the embedding tables in the first epoch.",
     )
-    embedding_dim: int = Field(default=16, ge=2, le=512, description="Width of every embedding table.")
+    embedding_dim: int = Field(default=TRAIN.embedding_dim, ge=2, le=512, description="Width of every embedding table.")
     fail_once_at_epoch: int | None = Field(
         default=None,
         ge=0,
@@ -70,8 +76,10 @@ class TrainConfig(dg.Config):
 class InferenceConfig(dg.Config):
     """How the batch scoring job runs."""
 
-    top_k: int = Field(default=3, ge=1, le=50, description="Quests recommended per request.")
-    actors: int = Field(default=2, ge=1, le=256, description="Scoring actors in the Ray Data actor pool.")
+    top_k: int = Field(default=INFERENCE.top_k, ge=1, le=50, description="Quests recommended per request.")
+    actors: int = Field(
+        default=INFERENCE.actors, ge=1, le=256, description="Scoring actors in the Ray Data actor pool."
+    )
 
 
 class PrepConfig(dg.Config):

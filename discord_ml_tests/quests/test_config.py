@@ -14,8 +14,9 @@ from discord_ml.definitions import defs
 from discord_ml.quests.assets import gate
 from discord_ml.quests.lake import Lake
 from discord_ml.quests.ml.world import generate
+from discord_ml.quests.tasks.prep import prep_in_process
 from discord_ml.settings import get_settings
-from discord_ml_tests.support.quests import START, tiny, write_features_in_process
+from discord_ml_tests.support.quests import START, tiny
 
 PARTITION = "2026-11-03"
 
@@ -27,7 +28,7 @@ def lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lake:
     lake = Lake(str(tmp_path / "lake"))
     generate(lake, days=3, config=tiny())
     for i in range(3):
-        write_features_in_process(lake, START + dt.timedelta(days=i))
+        prep_in_process(lake, START + dt.timedelta(days=i))
     return lake
 
 

@@ -21,12 +21,14 @@ from discord_ml.definitions import defs
 from discord_ml.jobs.client import RayJobs
 from discord_ml.quests.assets import DataLakeResource
 from discord_ml.quests.automation import RANGE_END, RANGE_START, landed_impressions_sensor
+from discord_ml.quests.entrypoints import TrainArgs
 from discord_ml.quests.lake import Lake
 from discord_ml.quests.ml.features import CATEGORICAL, REASON, FeatureSpec, featurize, split_valid
 from discord_ml.quests.ml.world import WorldConfig, generate
 from discord_ml.quests.model_registry import ModelRegistry
+from discord_ml.quests.tasks.prep import prep_in_process
 from discord_ml.settings import get_settings
-from discord_ml_tests.support.quests import DEMO_WORLD, START, read_dir, tiny, write_features_in_process
+from discord_ml_tests.support.quests import DEMO_WORLD, START, tiny
 
 pytestmark = pytest.mark.slow
 
@@ -115,8 +117,8 @@ def test_landed_days_flow_from_the_sensor_to_recommendations(dagster_instance: d
     # Batch inference: every request of the next day has its top 3, scored by the production model.
     inference = _meta(result, "quest_recommendations")
     assert inference["coverage"] == 1.0 and inference["model_version"] == version.ref
-    recommendations = read_dir(lake, lake.recommendations_dir(dt.date(2026, 11, 5)))
-    requests = read_dir(lake, lake.requests_dir(dt.date(2026, 11, 5)))
+    recommendations = lake.read_table(lake.files(lake.recommendations_dir(dt.date(2026, 11, 5))))
+    requests = lake.read_table(lake.files(lake.requests_dir(dt.date(2026, 11, 5))))
     assert set(recommendations["request_id"].to_pylist()) == set(requests["request_id"].to_pylist())
     assert recommendations.num_rows == 3 * DEMO_WORLD["requests_per_day"]
     assert np.unique(recommendations["rank"].to_numpy()).tolist() == [1, 2, 3]
@@ -129,7 +131,7 @@ def test_bad_files_and_rows_are_quarantined_and_the_raw_files_stay_byte_identica
 ) -> None:
     generate(lake, days=1, config=tiny(bad_row_rate=0.0))
     landed = Path(lake.impressions_dir(START))
-    good = read_dir(lake, str(landed))
+    good = lake.read_table(lake.files(str(landed)))
     (landed / "part-90000.parquet").write_bytes(b"PAR1 this is not parquet")
     pq.write_table(good.slice(0, 10).drop_columns(["label"]), landed / "part-90001.parquet")
     bad_rows = good.slice(0, 8).to_pylist()
@@ -160,7 +162,9 @@ def test_bad_files_and_rows_are_quarantined_and_the_raw_files_stay_byte_identica
     # Features are exactly those of the valid rows; the quarantine holds the rest with reasons.
     valid, _ = split_valid(pa.concat_tables([good, mixed]))
     expected = featurize(valid, FeatureSpec()).sort_by("impression_id")
-    actual = read_dir(lake, lake.features_dir(START)).select(expected.column_names).sort_by("impression_id")
+    actual = (
+        lake.read_table(lake.files(lake.features_dir(START))).select(expected.column_names).sort_by("impression_id")
+    )
     assert actual.num_rows == good.num_rows + 3 and actual.equals(expected.cast(actual.schema))
     quarantine = Path(lake.quarantine_dir(START))
     rows = pq.read_table(quarantine / "rows.parquet")
@@ -182,10 +186,11 @@ def _parquet_error(path: Path) -> str:
 def test_a_killed_worker_resumes_from_its_last_checkpoint(local_cluster: LocalRayCluster, lake: Lake) -> None:
     generate(lake, days=3, config=tiny(impressions_per_day=8000))
     for i in range(3):
-        write_features_in_process(lake, START + dt.timedelta(days=i))
+        prep_in_process(lake, START + dt.timedelta(days=i))
     lines: list[str] = []
-    args = f"--root {lake.root} --date 2026-11-03 --window 3 --epochs 3 --workers 2 --fail-once-at-epoch 1"
-    entrypoint = f"python -m discord_ml.quests.tasks.train {args} --run-id fault-drill"
+    entrypoint = TrainArgs(
+        root=lake.root, date="2026-11-03", window=3, epochs=3, workers=2, fail_once_at_epoch=1, run_id="fault-drill"
+    ).command()
     headers = local_cluster.auth_headers()
     outcome = RayJobs(local_cluster.dashboard_url, headers=headers).submit_and_follow(
         entrypoint=entrypoint, on_line=lines.append
@@ -205,12 +210,18 @@ def test_two_workers_learn_what_one_worker_learns(local_cluster: LocalRayCluster
     reach the validation AUC of 1 worker with the same global batch (each worker steps on half of its rows)."""
     generate(lake, days=4, config=tiny(impressions_per_day=30_000))
     for i in range(4):
-        write_features_in_process(lake, START + dt.timedelta(days=i))
+        prep_in_process(lake, START + dt.timedelta(days=i))
     auc = {}
     for workers in (1, 2):
-        args = f"--root {lake.root} --date 2026-11-04 --window 4 --epochs 3 --workers {workers} " \
-               f"--batch-size {1024 // workers}"  # fmt: skip
-        entrypoint = f"python -m discord_ml.quests.tasks.train {args} --run-id w{workers}"
+        entrypoint = TrainArgs(
+            root=lake.root,
+            date="2026-11-04",
+            window=4,
+            epochs=3,
+            workers=workers,
+            batch_size=1024 // workers,
+            run_id=f"w{workers}",
+        ).command()
         jobs = RayJobs(local_cluster.dashboard_url, headers=local_cluster.auth_headers())
         outcome = jobs.submit_and_follow(entrypoint=entrypoint)
         assert outcome.status == "SUCCEEDED"

@@ -9,7 +9,6 @@ probability of what was shown.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as dt
 import io
@@ -18,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from dagster_pipes import open_dagster_pipes
 
+from discord_ml.quests.entrypoints import EvaluateArgs
 from discord_ml.quests.lake import Lake, LakeError, parse_date
 from discord_ml.quests.ml.features import split_valid
 from discord_ml.quests.ml.metrics import (
@@ -70,7 +69,7 @@ def _read(lake: Lake, path: str) -> pa.Table:
     files = lake.files(path)
     if not files:
         raise LakeError(f"nothing to evaluate on: no Parquet files in {path}")
-    return pa.concat_tables(pq.read_table(f, filesystem=lake.filesystem) for f in files)
+    return lake.read_table(files)
 
 
 def evaluate(lake: Lake, candidate: ModelVersion, *, log: Any = print) -> dict[str, Any]:
@@ -244,10 +243,7 @@ def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--root", required=True, help="data root (path or URL)")
-    parser.add_argument("--candidate", required=True, help="model version to evaluate, e.g. dlrm/v0003")
-    args = parser.parse_args()
+    args = EvaluateArgs.parse()
     with open_dagster_pipes() as pipes:
         init_ray()
         lake = Lake(args.root)

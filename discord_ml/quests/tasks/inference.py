@@ -12,7 +12,6 @@ invalid request rows are counted.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 import ray
 from dagster_pipes import open_dagster_pipes
 
+from discord_ml.quests.entrypoints import MAX_PART_ROWS, InferenceArgs
 from discord_ml.quests.lake import Lake, LakeError, parse_date
 from discord_ml.quests.ml.features import split_valid
 from discord_ml.quests.ml.scoring import Scorer
@@ -34,7 +34,6 @@ from discord_ml.quests.tasks.runtime import init_ray
 
 RESULT_PREFIX = "recommendations: "
 OUTPUT_COLUMNS = ["request_id", "user_id", "quest_id", "score"]
-MAX_PART_ROWS = 131_072
 
 
 @dataclass(frozen=True)
@@ -217,14 +216,7 @@ def recommend(lake: Lake, day_text: str, version: ModelVersion, *, k: int, actor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--root", required=True, help="data root (path or URL)")
-    parser.add_argument("--date", required=True, help="serving day whose requests are scored, YYYY-MM-DD")
-    parser.add_argument("--model", default=None, help="model version (default: the production model)")
-    parser.add_argument("--top-k", type=int, default=3)
-    parser.add_argument("--actors", type=int, default=2, help="scoring actors, one CPU (or GPU) each")
-    parser.add_argument("--max-part-rows", type=int, default=MAX_PART_ROWS, help="rows an actor scores at a time")
-    args = parser.parse_args()
+    args = InferenceArgs.parse()
     with open_dagster_pipes() as pipes:
         init_ray()
         lake = Lake(args.root)

@@ -7,7 +7,7 @@ Features and quarantine are each published atomically.
 
 from __future__ import annotations
 
-import argparse
+import datetime as dt
 import io
 import json
 from collections import Counter
@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import ray
 from dagster_pipes import open_dagster_pipes
 
+from discord_ml.quests.entrypoints import PrepArgs
 from discord_ml.quests.lake import Lake, LakeError, parse_date
 from discord_ml.quests.ml.features import REASON, FeatureSpec, featurize, schema_problem, split_valid
 from discord_ml.quests.tasks.runtime import init_ray
@@ -106,14 +107,24 @@ def prep_day(lake: Lake, day_text: str, spec: FeatureSpec, *, log: Any = print) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--root", required=True, help="data root (path or URL)")
-    parser.add_argument("--date", required=True, action="append", help="landed day, YYYY-MM-DD (repeatable)")
-    args = parser.parse_args()
+    args = PrepArgs.parse()
     with open_dagster_pipes() as pipes:
         init_ray()
         days = [prep_day(Lake(args.root), d, FeatureSpec(), log=lambda m: print(m, flush=True)) for d in args.date]
         pipes.report_asset_materialization(metadata=summarize(days))
+
+
+def prep_in_process(lake: Lake, day: dt.date) -> pa.Table:
+    """The features prep publishes for a day's valid rows, computed in this process without Ray (for
+    tests and benchmarks that only need features); the rows prep would quarantine are dropped."""
+    valid, _ = split_valid(lake.read_table(lake.files(lake.impressions_dir(day))))
+    features = featurize(valid, FeatureSpec())
+    with lake.publish(lake.features_dir(day)) as staging:
+        sink = io.BytesIO()
+        pq.write_table(features, sink)
+        with lake.filesystem.open_output_stream(f"{staging}/part-0.parquet") as out:
+            out.write(sink.getvalue())
+    return features
 
 
 def summarize(days: list[dict[str, Any]]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ evaluation reads; per-epoch metrics reach Dagster through Pipes.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import io
 import json
@@ -21,14 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 from dagster_pipes import open_dagster_pipes
 
+from discord_ml.quests.entrypoints import TrainArgs
 from discord_ml.quests.lake import Lake, LakeError, date_str, parse_date, window_days
 from discord_ml.quests.ml.features import DENSE, SPARSE, FeatureSpec
 from discord_ml.quests.ml.metrics import auc, log_loss
-from discord_ml.quests.ml.models import NEURAL_MODELS, ModelConfig
+from discord_ml.quests.ml.models import ModelConfig
 from discord_ml.quests.model_registry import ModelRegistry, ModelVersion
 from discord_ml.quests.tasks.runtime import init_ray
 
@@ -58,8 +57,7 @@ def feature_files(lake: Lake, days: list[dt.date]) -> list[str]:
 
 
 def read_table(lake: Lake, days: list[dt.date], columns: list[str] | None = FEATURE_COLUMNS) -> pa.Table:
-    files = feature_files(lake, days)
-    return pa.concat_tables(pq.read_table(f, filesystem=lake.filesystem, columns=columns) for f in files)
+    return lake.read_table(feature_files(lake, days), columns)
 
 
 # --- neural models ------------------------------------------------------------------------------
@@ -259,7 +257,7 @@ def train_xgboost(lake: Lake, train: list[dt.date], validation: dt.date, rounds:
 # --- entry point --------------------------------------------------------------------------------
 
 
-def train_and_register(args: argparse.Namespace, on_event: Callable[[dict[str, Any]], None]) -> ModelVersion:
+def train_and_register(args: TrainArgs, on_event: Callable[[dict[str, Any]], None]) -> ModelVersion:
     lake = Lake(args.root)
     train, validation, test = split_window(parse_date(args.date, field="partition"), args.window)
     feature_files(lake, [*train, validation, test])  # fail before any work when a day is missing
@@ -325,27 +323,8 @@ def _use_gpu(device: str) -> bool:
     return device == "gpu"
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--root", required=True, help="data root (path or URL)")
-    p.add_argument("--date", required=True, help="partition: the last day of the window, YYYY-MM-DD")
-    p.add_argument("--window", type=int, default=4, help="days in the window: training days, then validation, test")
-    p.add_argument("--model", choices=[*NEURAL_MODELS, "xgboost"], default="dlrm")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--learning-rate", type=float, default=0.01, help="Adam step of the dense layers (epoch 0)")
-    p.add_argument("--sparse-learning-rate", type=float, default=0.5, help="row-wise Adagrad step of the tables")
-    p.add_argument("--embedding-dim", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=300, help="xgboost boosting rounds (early-stopped)")
-    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
-    p.add_argument("--run-id", default="manual", help="names the run's storage for checkpoints")
-    p.add_argument("--fail-once-at-epoch", type=int, default=None, help="failure drill: kill a worker once")
-    return p
-
-
 def main() -> None:
-    args = parser().parse_args()
+    args = TrainArgs.parse()
     with open_dagster_pipes() as pipes:
         init_ray()
 

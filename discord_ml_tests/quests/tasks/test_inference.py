@@ -15,13 +15,15 @@ import pytest
 
 from discord_ml.cluster.local.nodes import LocalRayCluster
 from discord_ml.jobs.client import RayJobs
+from discord_ml.quests.entrypoints import InferenceArgs, TrainArgs
 from discord_ml.quests.lake import Lake, LakeError
 from discord_ml.quests.ml.features import split_valid
 from discord_ml.quests.ml.scoring import Scorer
 from discord_ml.quests.ml.world import generate
 from discord_ml.quests.model_registry import ModelRegistry
 from discord_ml.quests.tasks.inference import RESULT_PREFIX, _merge, plan_parts, top_k
-from discord_ml_tests.support.quests import START, read_dir, tiny, write_features_in_process
+from discord_ml.quests.tasks.prep import prep_in_process
+from discord_ml_tests.support.quests import START, tiny
 
 
 def _report(edges: pa.Table, interior: list[int]) -> dict[str, bytes]:
@@ -65,21 +67,22 @@ def test_the_actor_pool_gives_exactly_the_top_k_of_one_process(local_cluster: Lo
     lake = Lake(str(tmp_path / "lake"))
     generate(lake, days=3, config=tiny())
     for i in range(3):
-        write_features_in_process(lake, START + dt.timedelta(days=i))
+        prep_in_process(lake, START + dt.timedelta(days=i))
     serving = "2026-11-04"
     lines: list[str] = []
     for entrypoint in (
-        f"python -m discord_ml.quests.tasks.train --root {lake.root} --date 2026-11-03 --window 3 --model xgboost",
+        TrainArgs(root=lake.root, date="2026-11-03", window=3, model="xgboost").command(),
         # 333 rows a part: cuts fall inside slates of 8 candidates
-        f"python -m discord_ml.quests.tasks.inference --root {lake.root} --date {serving} --model xgboost/v0001 "
-        "--actors 2 --top-k 3 --max-part-rows 333",
+        InferenceArgs(
+            root=lake.root, date=serving, model="xgboost/v0001", actors=2, top_k=3, max_part_rows=333
+        ).command(),
     ):
         jobs = RayJobs(local_cluster.dashboard_url, headers=local_cluster.auth_headers())
         outcome = jobs.submit_and_follow(entrypoint=entrypoint, on_line=lines.append)
         assert outcome.status == "SUCCEEDED", "\n".join(lines[-30:])
     [line] = [x for x in lines if x.startswith(RESULT_PREFIX)]
     summary = json.loads(line.removeprefix(RESULT_PREFIX))
-    requests = read_dir(lake, lake.requests_dir(dt.date(2026, 11, 4)))
+    requests = lake.read_table(lake.files(lake.requests_dir(dt.date(2026, 11, 4))))
     assert summary["parts"] >= requests.num_rows // 333 and summary["coverage"] == 1.0
     assert summary["actor_startup_s"] > 0 and summary["rows_per_s_per_actor"] > 0
 
@@ -89,7 +92,7 @@ def test_the_actor_pool_gives_exactly_the_top_k_of_one_process(local_cluster: Lo
         "score", pa.array(scorer.score(scorer.featurize(valid)), pa.float32())
     )
     expected = top_k(scored, 3).sort_by([("request_id", "ascending"), ("rank", "ascending")])
-    actual = read_dir(lake, lake.recommendations_dir(dt.date(2026, 11, 4)))
+    actual = lake.read_table(lake.files(lake.recommendations_dir(dt.date(2026, 11, 4))))
     actual = actual.sort_by([("request_id", "ascending"), ("rank", "ascending")])
     columns = ["request_id", "quest_id", "rank"]
     assert actual.select(columns).to_pylist() == expected.select(columns).to_pylist()
