@@ -30,10 +30,7 @@ from discord_ml.cluster.archive import archive_before_delete
 from discord_ml.cluster.conventions import (
     ACTIVE_ANNOTATION,
     DASHBOARD_PORT,
-    IDLE_ANNOTATION,
-    LABEL_PREFIX,
     RAY_CLIENT_PORT,
-    TTL_ANNOTATION,
 )
 from discord_ml.cluster.kuberay import capacity
 from discord_ml.cluster.kuberay.manifests import (
@@ -44,6 +41,7 @@ from discord_ml.cluster.kuberay.manifests import (
 )
 from discord_ml.cluster.kuberay.portforward import OpenStream, PortForward
 from discord_ml.cluster.kuberay.security import ensure_secure
+from discord_ml.cluster.kuberay.status import cluster_info
 from discord_ml.cluster.provider import (
     ClusterConnection,
     ClusterError,
@@ -55,7 +53,6 @@ from discord_ml.cluster.provider import (
     Progress,
     poll_until_ready,
 )
-from discord_ml.cluster.quantity import parse_quantity
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml.settings import get_settings
 
@@ -181,7 +178,7 @@ class KubeRayProvider:
             raise ClusterNotFoundError(
                 f"no RayCluster {name!r} in namespace {namespace!r} (see dml cluster list -A)"
             ) from None
-        return self._explained(self._info(obj))
+        return self._explained(cluster_info(obj))
 
     def list(self, selector: Mapping[str, str] | None = None, *, namespace: str | None = None) -> list[ClusterInfo]:
         """RayClusters whose labels include `selector`, in one namespace or all of them."""
@@ -192,7 +189,7 @@ class KubeRayProvider:
         else:
             result = self.call(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
                                label_selector=label_selector)  # fmt: skip
-        return [self._explained(self._info(item)) for item in result.get("items", [])]
+        return [self._explained(cluster_info(item)) for item in result.get("items", [])]
 
     def delete(self, name: str, *, namespace: str | None = None) -> None:
         """Archive its job logs, then delete the RayCluster (KubeRay removes its pods and services; Kubernetes
@@ -355,64 +352,6 @@ class KubeRayProvider:
                 reasons.append(f"pod {pod.metadata.name} Pending")
         return "; ".join(reasons)
 
-    def _info(self, obj: Mapping[str, Any]) -> ClusterInfo:
-        meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status") or {}
-        labels = dict(meta.get("labels") or {})
-        conditions = {c["type"]: c for c in status.get("conditions", [])}
-        groups = spec.get("workerGroupSpecs", [])
-        desired = status.get("desiredWorkerReplicas", sum(int(g.get("replicas", 0)) for g in groups))
-        gpus = next((int(g.get("rayStartParams", {}).get("num-gpus", 0)) for g in groups), 0)
-        head_template = spec.get("headGroupSpec", {}).get("template", {})
-        if meta.get("deletionTimestamp"):
-            state, reason = ClusterStatus.DELETING, "being deleted"
-        elif conditions.get("ReplicaFailure", {}).get("status") == "True" or status.get("state") == "failed":
-            state, reason = ClusterStatus.FAILED, conditions.get("ReplicaFailure", {}).get("message", "failed")
-        elif status.get("state") == "ready" or all(
-            conditions.get(c, {}).get("status") == "True" for c in ("HeadPodReady", "RayClusterProvisioned")
-        ):
-            state, reason = ClusterStatus.READY, ""
-        else:
-            head = conditions.get("HeadPodReady", {})
-            state, reason = (
-                ClusterStatus.PENDING,
-                head.get("message") or head.get("reason") or "waiting for the operator",
-            )
-        annotations = meta.get("annotations") or {}
-        ttl, idle, active = (annotations.get(k) for k in (TTL_ANNOTATION, IDLE_ANNOTATION, ACTIVE_ANNOTATION))
-        name, namespace = meta["name"], meta.get("namespace", "")
-        service_ip = (status.get("head") or {}).get("serviceIP")
-        port = (status.get("endpoints") or {}).get("dashboard", str(DASHBOARD_PORT))
-        return ClusterInfo(
-            name=name,
-            namespace=namespace,
-            backend=self.backend,
-            owner=labels.get(f"{LABEL_PREFIX}/owner", ""),
-            team=labels.get(f"{LABEL_PREFIX}/team", ""),
-            purpose=labels.get(f"{LABEL_PREFIX}/purpose", ""),
-            gpu_pool=labels.get(f"{LABEL_PREFIX}/gpu-pool", ""),
-            gpu_type=labels.get(f"{LABEL_PREFIX}/gpu-type", "none"),
-            gpus_per_worker=gpus,
-            workers_ready=int(status.get("readyWorkerReplicas", 0)),
-            workers_desired=int(desired),
-            status=state,
-            reason=reason,
-            created=_timestamp(meta.get("creationTimestamp")),
-            dashboard_url=f"http://{service_ip}:{port}" if service_ip and state == ClusterStatus.READY else None,
-            labels=labels,
-            ttl_seconds=int(ttl) if ttl and ttl.isdigit() else None,
-            idle_timeout_seconds=int(idle) if idle and idle.isdigit() else None,
-            last_active=datetime.fromisoformat(active) if active else None,
-            head_cpu=_requested_cpu(head_template),
-            worker_cpu=next((_requested_cpu(g.get("template", {})) for g in groups), 0.0),
-        )
-
-
-def _requested_cpu(template: Mapping[str, Any]) -> float:
-    """CPUs the pod template's first container requests (0 when it names none)."""
-    containers = template.get("spec", {}).get("containers") or [{}]
-    cpu = (containers[0].get("resources") or {}).get("requests", {}).get("cpu")
-    return float(parse_quantity(str(cpu))) if cpu else 0.0
-
 
 def _api_error(exc: Any) -> ClusterError:
     message = exc.reason
@@ -423,12 +362,6 @@ def _api_error(exc: Any) -> ClusterError:
     if exc.status == 409:
         return ClusterExistsError(message)
     return ClusterError(f"Kubernetes API refused the request ({exc.status}): {message}")
-
-
-def _timestamp(value: str | None) -> datetime:
-    if not value:
-        return datetime.now(UTC)
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _in_cluster() -> bool:

@@ -9,7 +9,6 @@ own process groups, never anyone else's Ray.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -20,7 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -29,9 +28,11 @@ from typing import Any
 
 from discord_ml.cluster.local.processes import (
     LOCALHOST,
+    file_lock,
     free_ports,
     is_ours,
     live_groups,
+    load_summary,
     log_tail,
     pid_alive,
     processes_using,
@@ -75,43 +76,6 @@ class _StartPolicy:
     attempts: int
 
 
-@contextlib.contextmanager
-def start_lock(directory: Path, *, timeout: float) -> Iterator[None]:
-    """Hold the machine-wide local-cluster start lock (released by the kernel if we die).
-
-    Raises:
-        LocalClusterError: another start held it for `timeout` seconds.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "start.lock"
-    with path.open("a") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LocalClusterError(
-                        f"another local cluster has been starting for over {timeout:.0f} s ({path} is locked); "
-                        "wait for it, or stop the process that holds it (fuser " + str(path) + ")"
-                    ) from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def load_summary() -> str:
-    """ "load average 3.1 on 2 cores", for messages about a slow start."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return f"{os.cpu_count()} cores"
-    return f"load average {load:.1f} on {os.cpu_count()} cores"
-
-
 @dataclass
 class _Node:
     role: str
@@ -127,6 +91,7 @@ class LocalRayCluster:
     root: Path | None = None
     nodes: list[_Node] = field(default_factory=list[_Node])
     token_value: str | None = None  # a given auth token (the KubeRay emulator's Secret); else generated
+    ray: str = field(default_factory=ray_executable)  # the `ray` CLI that starts each node
 
     def __post_init__(self) -> None:
         prefix = cluster_dir_prefix(self.spec.cluster_name, self.root)
@@ -201,10 +166,14 @@ class LocalRayCluster:
         self.token_file.write_text(self.token_value or secrets.token_urlsafe(32))
         self.token_file.chmod(0o600)
         try:
-            with start_lock(self.dir.parent, timeout=policy.node_timeout * policy.attempts * 2):
+            with file_lock(self.dir.parent / "start.lock", timeout=policy.node_timeout * policy.attempts * 2,
+                           holder="another local cluster is starting"):  # fmt: skip
                 self._start_node("head", policy, on_launch)
                 for i in range(self.spec.workers):
                     self._start_node(f"worker-{i}", policy, on_launch)
+        except TimeoutError as exc:
+            self.stop()
+            raise LocalClusterError(str(exc)) from None
         except BaseException:
             self.stop()
             raise
@@ -354,7 +323,7 @@ class LocalRayCluster:
     def _launch(self, role: str, args: list[str], on_launch: Callable[[LocalRayCluster], None] | None) -> None:
         log = self.dir / f"{role}.log"
         # Its own process group: stop() signals only this node.
-        pid = spawn_detached([ray_executable(), "start", *args], log=log, env=self._env())
+        pid = spawn_detached([self.ray, "start", *args], log=log, env=self._env())
         self.nodes.append(_Node(role, pid, log))
         if on_launch is not None:
             on_launch(self)

@@ -4,6 +4,7 @@ from /proc (zombies count as gone), finding a cluster's processes by a marker in
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import signal
@@ -11,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 LOCALHOST = "127.0.0.1"
@@ -177,3 +178,39 @@ def wait_gone(groups: list[int], marker: str | None = None, timeout: float = 10.
         if not live_groups(groups) and not (marker and processes_using(marker)):
             return
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, timeout: float, holder: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (released by the kernel if this process dies).
+
+    Raises:
+        TimeoutError: `holder` held it for `timeout` seconds.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{holder} and has held {path} for over {timeout:.0f} s; wait for it, or stop the process "
+                        f"that holds it (fuser {path})"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def load_summary() -> str:
+    """ "load average 3.1 on 2 cores", for messages about a slow start."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return f"{os.cpu_count()} cores"
+    return f"load average {load:.1f} on {os.cpu_count()} cores"

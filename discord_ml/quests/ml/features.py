@@ -14,23 +14,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from discord_ml.quests.ml.world import CATEGORIES, COUNTRIES, MAX_POSITION, PLATFORMS, REWARDS, SURFACES
+from discord_ml.quests.ml.schema import (
+    CATEGORIES,
+    COUNTRIES,
+    LABEL,
+    MAX_POSITION,
+    PLATFORMS,
+    REQUIRED,
+    REWARDS,
+    SURFACES,
+)
 
-# Column → accepted Arrow type family; a file whose column has another type is quarantined whole.
-REQUIRED: dict[str, str] = {
-    "ts": "timestamp",
-    "user_id": "integer",
-    "quest_id": "integer",
-    "country": "string",
-    "platform": "string",
-    "surface": "string",
-    "position": "integer",
-    "account_age_days": "integer",
-    "user_level": "integer",
-    "quest_category": "string",
-    "quest_reward": "string",
-}
-LABEL = "label"
 REASON = "quarantine_reason"
 
 # Index 0 of every vocabulary is "other": unseen values still get a feature, never an error.

@@ -27,14 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from discord_ml.quests.lake import Lake, date_str
+from discord_ml.quests.ml.schema import CATEGORIES, COUNTRIES, MAX_POSITION, PLATFORMS, REWARDS, SURFACES
 from discord_ml.storage import SUCCESS
 
-COUNTRIES = ("us", "br", "de", "fr", "gb", "jp", "kr", "in", "mx", "pl")
-PLATFORMS = ("desktop", "mobile", "console", "web")
-SURFACES = ("home", "quest_tab", "activity_shelf", "chat_banner")
-CATEGORIES = ("shooter", "rpg", "moba", "sports", "puzzle", "racing", "strategy", "sandbox")
-REWARDS = ("orbs", "avatar_decoration", "in_game_item", "nitro_trial")
-MAX_POSITION = 5
 HORIZON_DAYS = 120  # users join and quests launch over this many days
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from discord_ml.cluster.local import nodes as local
 from discord_ml.cluster.local.nodes import LocalClusterError, LocalRayCluster, ray_executable
 from discord_ml.cluster.local.processes import pid_alive, processes_using
 from discord_ml.cluster.spec import ClusterSpec
@@ -56,11 +55,9 @@ def test_two_clusters_coexist_and_stop_independently() -> None:
     assert processes_using(str(b.temp_dir)) == []
 
 
-def _flaky_ray(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, role_flag: str, fails: int, hang: bool = False
-) -> Path:
-    """Point the local backend at a `ray` that fails (or hangs) its first `fails` starts of nodes whose
-    arguments contain `role_flag`, then runs the real one; returns the file counting those starts."""
+def _flaky_ray(tmp_path: Path, *, role_flag: str, fails: int, hang: bool = False) -> tuple[str, Path]:
+    """A `ray` that fails (or hangs) its first `fails` starts of nodes whose arguments contain
+    `role_flag`, then runs the real one; and the file counting those starts."""
     real, count = ray_executable(), tmp_path / "starts"
     fault = "exec sleep 3600" if hang else 'echo "injected start-up failure" >&2; exit 1'
     wrapper = tmp_path / "ray"
@@ -73,25 +70,24 @@ def _flaky_ray(
         f'exec {real} "$@"\n'
     )
     wrapper.chmod(0o755)
-    monkeypatch.setattr(local, "ray_executable", lambda: str(wrapper))
-    return count
+    return str(wrapper), count
 
 
-def test_a_worker_that_exits_during_start_up_is_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    starts = _flaky_ray(tmp_path, monkeypatch, role_flag="--address=", fails=1)
+def test_a_worker_that_exits_during_start_up_is_started_again(tmp_path: Path) -> None:
+    ray, starts = _flaky_ray(tmp_path, role_flag="--address=", fails=1)
     spec = ClusterSpec.build(name="retry-worker", owner="pytest", workers=1, head_memory="1Gi")
-    with LocalRayCluster(spec) as cluster:
+    with LocalRayCluster(spec, ray=ray) as cluster:
         assert starts.read_text().strip() == "2"
         assert [n.role for n in cluster.nodes] == ["head", "worker-0"]
         assert cluster.alive_nodes() == 2
     assert processes_using(str(cluster.temp_dir)) == []
 
 
-def test_a_head_that_hangs_is_restarted_with_fresh_ports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    starts = _flaky_ray(tmp_path, monkeypatch, role_flag="--head", fails=1, hang=True)
+def test_a_head_that_hangs_is_restarted_with_fresh_ports(tmp_path: Path) -> None:
+    ray, starts = _flaky_ray(tmp_path, role_flag="--head", fails=1, hang=True)
     launched: list[tuple[int, int]] = []  # (gcs port, pid) of each head launched
     spec = ClusterSpec.build(name="retry-head", owner="pytest", workers=0, head_memory="1Gi")
-    cluster = LocalRayCluster(spec)
+    cluster = LocalRayCluster(spec, ray=ray)
     # The hung attempt is given up after 45 s: enough for a real head even on a busy 2-core machine.
     cluster.start(node_timeout=45, attempts=3, on_launch=lambda c: launched.append((c.gcs_port, c.nodes[-1].pid)))
     try:
@@ -105,11 +101,10 @@ def test_a_head_that_hangs_is_restarted_with_fresh_ports(tmp_path: Path, monkeyp
     assert processes_using(str(cluster.temp_dir)) == []
 
 
-def test_a_node_that_never_starts_gives_a_clear_error_and_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _flaky_ray(tmp_path, monkeypatch, role_flag="--head", fails=99)
-    cluster = LocalRayCluster(ClusterSpec.build(name="never-up", owner="pytest", workers=0, head_memory="1Gi"))
+def test_a_node_that_never_starts_gives_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    ray, _ = _flaky_ray(tmp_path, role_flag="--head", fails=99)
+    spec = ClusterSpec.build(name="never-up", owner="pytest", workers=0, head_memory="1Gi")
+    cluster = LocalRayCluster(spec, ray=ray)
     with pytest.raises(LocalClusterError) as failed:
         cluster.start(node_timeout=30, attempts=2)
     message = str(failed.value)
