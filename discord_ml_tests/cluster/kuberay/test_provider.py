@@ -9,21 +9,17 @@ from typing import Any
 
 import pytest
 
-from discord_ml.cluster.archive import LogStore
 from discord_ml.cluster.kuberay import provider as kuberay_module
 from discord_ml.cluster.kuberay.provider import KubeRayProvider
 from discord_ml.cluster.local.nodes import cluster_dir_prefix
 from discord_ml.cluster.local.processes import processes_using
 from discord_ml.cluster.provider import (
     ClusterError,
-    ClusterExistsError,
     ClusterNotFoundError,
     ClusterNotReadyError,
-    ClusterProvider,
     ClusterStatus,
 )
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.jobs.client import RayJobs
 from discord_ml_tests.support.k8s_emulator import UNSCHEDULABLE, KubeEmulator, serve
 from discord_ml_tests.support.schemas import require_crds
 
@@ -40,9 +36,9 @@ def _spec(name: str, namespace: str = "ml", **extra: Any) -> ClusterSpec:
 
 
 @pytest.mark.slow
-def test_lifecycle_with_a_real_ray_head(cluster_api: tuple[KubeEmulator, KubeRayProvider]) -> None:
+def test_what_it_sends_and_namespaces(cluster_api: tuple[KubeEmulator, KubeRayProvider]) -> None:
+    """What the contract suite cannot see: the objects sent, several namespaces, the head service."""
     emulator, provider = cluster_api
-    assert isinstance(provider, ClusterProvider)
     emulator.modes["other-team"] = "pending"
     provider.create(_spec("kr-train"))
     provider.create(_spec("other-team", namespace="ml-b"))
@@ -64,12 +60,7 @@ def test_lifecycle_with_a_real_ray_head(cluster_api: tuple[KubeEmulator, KubeRay
         assert [c.name for c in provider.list({"discord-ml.io/owner": "alice"}, namespace="ml")] == ["kr-train"]
         # The dashboard comes from the head service; the token from the cluster's Secret.
         connection = provider.connect("kr-train")
-        lines: list[str] = []
-        outcome = RayJobs.of(connection).submit_and_follow(entrypoint="python -c \"print('hello from kuberay')\"",
-                                                           on_line=lines.append)  # fmt: skip
-        assert outcome.status == "SUCCEEDED" and "hello from kuberay" in lines
-        with pytest.raises(ClusterExistsError, match="'kr-train' already exists in namespace 'ml'"):
-            provider.create(_spec("kr-train"))
+        assert connection.dashboard_url == info.dashboard_url and connection.headers["Authorization"]
     finally:
         provider.delete("kr-train")
         provider.delete("other-team", namespace="ml-b")
@@ -78,10 +69,6 @@ def test_lifecycle_with_a_real_ray_head(cluster_api: tuple[KubeEmulator, KubeRay
     assert processes_using(str(cluster_dir_prefix("kr-train"))) == []
     with pytest.raises(ClusterNotFoundError, match="no RayCluster 'kr-train' in namespace 'ml'"):
         provider.get("kr-train")
-    # The job's log outlived the cluster (archived before the RayCluster was deleted).
-    found = LogStore().find_job(outcome.job_id)
-    assert found is not None and found[1].status == "SUCCEEDED"
-    assert "hello from kuberay" in LogStore().log(found[0].key, outcome.job_id)
 
 
 def test_pending_cluster_times_out_naming_the_scheduling_reason(

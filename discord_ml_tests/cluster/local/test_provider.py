@@ -15,42 +15,31 @@ from discord_ml.cluster.provider import (
     ClusterExistsError,
     ClusterNotFoundError,
     ClusterNotReadyError,
-    ClusterProvider,
     ClusterStatus,
 )
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.jobs.client import RayJobs
 
 pytestmark = pytest.mark.slow
 
 
-def test_lifecycle_survives_a_new_provider_and_leaves_nothing(tmp_path: Path) -> None:
+def test_a_new_provider_sees_the_cluster_and_deletes_every_node(tmp_path: Path) -> None:
+    """What the contract suite cannot see: the registry outlives the provider object (another process,
+    a restart), and a worker's `ray start` goes with its cluster."""
     provider = LocalRayProvider(tmp_path)
-    assert isinstance(provider, ClusterProvider)
     spec = ClusterSpec.build(name="prov-a", owner="alice", team="ads", purpose="train", workers=1, head_memory="1Gi")
-    info = provider.create(spec)
+    provider.create(spec)
+    again = LocalRayProvider(tmp_path)
     try:
-        assert (info.status, info.workers_ready, info.workers_desired) == (ClusterStatus.READY, 1, 1)
-        # A fresh provider (another process, a restart) sees the same cluster from the registry.
-        again = LocalRayProvider(tmp_path)
-        [listed] = again.list({"discord-ml.io/owner": "alice"})
-        assert (listed.name, listed.owner, listed.team, listed.gpu_pool, listed.backend) == (
-            "prov-a", "alice", "ads", "cpu", "local")  # fmt: skip
-        assert again.list({"discord-ml.io/owner": "bob"}) == []
+        assert [c.name for c in again.list({"discord-ml.io/owner": "alice"})] == ["prov-a"]
         assert again.wait_ready("prov-a", timeout=30).status == ClusterStatus.READY
         connection = again.connect("prov-a")
-        lines: list[str] = []
-        outcome = RayJobs.of(connection).submit_and_follow(entrypoint="python -c \"print('hi from prov-a')\"",
-                                                           on_line=lines.append)  # fmt: skip
-        assert outcome.status == "SUCCEEDED" and "hi from prov-a" in lines
         with pytest.raises(ClusterExistsError, match="'prov-a' already exists in namespace 'ml'"):
             again.create(spec)
     finally:
-        provider.delete("prov-a")
+        again.delete("prov-a")
     assert provider.list() == []
     assert processes_using("prov-a") == []
     assert processes_using(f"--address={connection.address}") == [], "a worker's ray start survived"
-    provider.delete("prov-a")  # deleting twice is fine
 
 
 def test_dead_cluster_is_reported_and_still_deletable(tmp_path: Path) -> None:
