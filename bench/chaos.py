@@ -407,15 +407,11 @@ def _environment(keep: bool) -> Iterator[Path]:
     os.environ.update({"DAGSTER_HOME": str(work / "dagster"), "DML_HOME": str(work / "home"),
                        "DML_DATA_ROOT": str(work / "lake"), "RAY_USAGE_STATS_ENABLED": "0",
                        "DML_KUBERAY_DASHBOARD": "service-ip"})  # fmt: skip
-    from discord_ml.settings import get_settings
-
-    get_settings.cache_clear()
     try:
         yield work
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        get_settings.cache_clear()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
 

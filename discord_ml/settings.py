@@ -1,11 +1,14 @@
 """Platform settings, read from the environment so a deployment can override every one.
 
-Kept free of heavy imports: the CLI and the code location read it at start-up.
+The one module that reads `DML_*` variables (and `DAGSTER_HOME`): everything else asks
+`get_settings()` or is handed what it needs. Kept free of heavy imports: the CLI and the code
+location read it at start-up.
 """
 
 from __future__ import annotations
 
 import functools
+import getpass
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +24,20 @@ class Settings(BaseModel):
     """Where the platform keeps its state and which policies it enforces."""
 
     home: Path = Field(description="Platform state directory: the local cluster registry, cluster temp dirs, tokens.")
+    backend: str = Field(
+        description="Cluster backend of the CLI and X-Ray when none is named: local or kuberay (DML_BACKEND)."
+    )
+    kuberay_dashboard: str = Field(
+        description="How the kuberay backend reaches a head's dashboard: dns, service-ip or port-forward "
+        "(DML_KUBERAY_DASHBOARD)."
+    )
+    owner: str = Field(description="Who the CLI acts as: DML_OWNER, else the login name.")
+    git_sha: str | None = Field(
+        default=None, description="Commit recorded on model cards when git is absent (DML_GIT_SHA, set in images)."
+    )
+    dagster_home: Path | None = Field(
+        default=None, description="The Dagster instance the sweep and X-Ray ask for run statuses (DAGSTER_HOME)."
+    )
     pools_file: Path | None = Field(
         default=None,
         description="YAML GPU pool catalog replacing the one shipped with the package (DML_POOLS_FILE).",
@@ -67,13 +84,28 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-@functools.cache
 def get_settings() -> Settings:
-    """Settings from the environment (cached; call `get_settings.cache_clear()` after changing it)."""
-    env = os.environ
+    """Settings from the environment; read again whenever one of its variables has changed."""
+    names = [k for k in os.environ if k.startswith(ENV_PREFIX) or k == "DAGSTER_HOME"]
+    return _settings(tuple(sorted((k, os.environ[k]) for k in names)))
+
+
+def environment(prefix: str) -> dict[str, str]:
+    """The set `DML_*` variables whose names start with `prefix` (e.g. `DML_XRAY_`), by name."""
+    return {k: v for k, v in os.environ.items() if k.startswith(prefix) and k.startswith(ENV_PREFIX) and v}
+
+
+@functools.lru_cache(maxsize=8)
+def _settings(items: tuple[tuple[str, str], ...]) -> Settings:
+    env = dict(items)
     home = Path(env.get(f"{ENV_PREFIX}HOME", Path.home() / ".discord_ml")).expanduser()
     return Settings(
         home=home,
+        backend=env.get(f"{ENV_PREFIX}BACKEND") or "local",
+        kuberay_dashboard=env.get(f"{ENV_PREFIX}KUBERAY_DASHBOARD") or "dns",
+        owner=env.get(f"{ENV_PREFIX}OWNER") or getpass.getuser(),
+        git_sha=env.get(f"{ENV_PREFIX}GIT_SHA") or None,
+        dagster_home=Path(env["DAGSTER_HOME"]) if env.get("DAGSTER_HOME") else None,
         data_root=env.get(f"{ENV_PREFIX}DATA_ROOT") or str(home / "data"),
         log_root=env.get(f"{ENV_PREFIX}LOG_ROOT") or str(home / "logs"),
         archive_timeout_s=_number(env, "ARCHIVE_TIMEOUT_S", "30", float),

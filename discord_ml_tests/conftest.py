@@ -24,13 +24,9 @@ def _isolated_platform_home(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     for key in saved:
         del os.environ[key]
     os.environ["DML_HOME"] = str(home)
-    from discord_ml.settings import get_settings
-
-    get_settings.cache_clear()
     yield home
     os.environ.pop("DML_HOME", None)
     os.environ.update(saved)
-    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

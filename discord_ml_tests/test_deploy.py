@@ -20,7 +20,6 @@ from discord_ml.cluster.kuberay.provider import KubeRayProvider
 from discord_ml.cluster.kuberay.security import validate_manifest
 from discord_ml.cluster.pools import get_catalog, load_catalog
 from discord_ml.cluster.spec import ClusterSpec
-from discord_ml.settings import get_settings
 from discord_ml_tests.support.k8s_emulator import KubeEmulator
 from discord_ml_tests.support.schemas import crd_errors, k8s_errors, pod_errors
 
@@ -263,7 +262,6 @@ def test_pools_files_load_through_the_catalog_and_make_valid_clusters(
 ) -> None:
     assert load_catalog(path).names == ["cpu", "t4", "l4", "a100", "h100"]
     monkeypatch.setenv("DML_POOLS_FILE", str(path))  # the setting the CLI and Dagster read
-    get_settings.cache_clear()
     get_catalog.cache_clear()
     try:
         catalog = get_catalog()
@@ -277,7 +275,6 @@ def test_pools_files_load_through_the_catalog_and_make_valid_clusters(
             assert worker["nodeSelector"] == pool.node_selector
     finally:
         monkeypatch.delenv("DML_POOLS_FILE")
-        get_settings.cache_clear()
         get_catalog.cache_clear()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated
 
@@ -40,7 +39,7 @@ def env(
     info = get_cluster(name, namespace, backend)
     require_owner(info, force, "print its token path")  # the token is its owner's
     home, forwarded = get_settings().home, None
-    if info.backend == "kuberay" and os.environ.get("DML_KUBERAY_DASHBOARD") == "port-forward":
+    if info.backend == "kuberay" and get_settings().kuberay_dashboard == "port-forward":
         # This command's own forwards would close as it exits; only a session's outlive it.
         from discord_ml.cluster.kuberay.provider import KubeRayProvider
 
@@ -53,7 +52,7 @@ def env(
         fail(f"{exc}; wait until it is ready (dml cluster get {name})")
     if info.backend == "kuberay":
         forwarded = via_session(connection, home=home, namespace=info.namespace, name=name)
-        if forwarded is None and os.environ.get("DML_KUBERAY_DASHBOARD") == "port-forward":
+        if forwarded is None and get_settings().kuberay_dashboard == "port-forward":
             fail(f"no session is open for {name!r}; run `dml cluster session {name}` in another terminal first")
     token = token_file(connection, home=home, namespace=info.namespace, name=name)
     typer.echo(render(ray_env(forwarded or connection, token), shell))

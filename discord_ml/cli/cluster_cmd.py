@@ -113,8 +113,9 @@ def create(
                       namespace=namespace, ttl=ttl, purpose=purpose, team=team, idle_timeout=idle_timeout)  # fmt: skip
     from discord_ml.cluster.kuberay.manifests import build_cluster_manifests
     from discord_ml.cluster.kuberay.security import validate_manifests
+    from discord_ml.settings import get_settings
 
-    manifests = build_cluster_manifests(spec)
+    manifests = build_cluster_manifests(spec, platform_namespace=get_settings().platform_namespace)
     violations = validate_manifests(manifests)
     if violations:
         fail("the manifests break security rules:\n" + "\n".join(f"  {v}" for v in violations))

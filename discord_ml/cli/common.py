@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -37,7 +35,9 @@ def fail(message: str) -> NoReturn:
 
 def current_owner() -> str:
     """The current user as a label value."""
-    return sanitize_label_value(os.environ.get("DML_OWNER") or getpass.getuser())
+    from discord_ml.settings import get_settings
+
+    return sanitize_label_value(get_settings().owner)
 
 
 def provider(backend: str | None) -> ClusterProvider:

@@ -6,7 +6,6 @@ kubernetes or dagster (a test asserts it).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -85,8 +84,9 @@ def gc(
     """
     from discord_ml.cluster.sweep import sweep
     from discord_ml.orchestration.run_statuses import from_environment
+    from discord_ml.settings import get_settings
 
-    if not os.environ.get("DAGSTER_HOME"):
+    if get_settings().dagster_home is None:
         typer.echo("DAGSTER_HOME is not set: only clusters past their TTL or idle are swept", err=True)
     actions = sweep(provider(backend), from_environment(), dry_run=dry_run)
     for action in actions:

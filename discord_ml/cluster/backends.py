@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 from discord_ml.cluster.provider import ClusterProvider
+from discord_ml.settings import get_settings
 
 BACKENDS = ("local", "kuberay")
 
 
 def default_backend() -> str:
     """The backend in force: DML_BACKEND, or `local`."""
-    return os.environ.get("DML_BACKEND", "local")
+    return get_settings().backend
 
 
 def get_provider(backend: str | None = None) -> ClusterProvider:
@@ -28,7 +27,7 @@ def get_provider(backend: str | None = None) -> ClusterProvider:
     if name == "kuberay":
         from discord_ml.cluster.kuberay.provider import DASHBOARD_ACCESS, KubeRayProvider
 
-        access = os.environ.get("DML_KUBERAY_DASHBOARD", "dns")
+        access = get_settings().kuberay_dashboard
         for known in DASHBOARD_ACCESS:
             if access == known:
                 return KubeRayProvider(dashboard_access=known)

@@ -6,11 +6,11 @@ one every run is unknown (`lifecycle.no_run_statuses`), so run-owned clusters ge
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from discord_ml.cluster.lifecycle import RunStatuses, no_run_statuses
+from discord_ml.settings import get_settings
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -33,7 +33,7 @@ class DagsterRunStatuses:
 
 def from_environment() -> RunStatuses:
     """Statuses from the instance DAGSTER_HOME names, or none."""
-    if not os.environ.get("DAGSTER_HOME"):
+    if get_settings().dagster_home is None:
         return no_run_statuses
     import dagster as dg
 

@@ -123,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.write_text("")
     os.environ["DML_DATA_ROOT"] = str(root)
-    get_settings.cache_clear()
 
     from discord_ml.definitions import defs
     from discord_ml.quests.assets import DataLakeResource

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from discord_ml.quests.lake import Lake, LakeError
+from discord_ml.settings import get_settings
 
 CARD = "card.json"
 
@@ -43,7 +43,7 @@ class ModelVersion:
 
 def git_sha() -> str:
     """The code's commit (DML_GIT_SHA in images, else `git rev-parse`), `unknown` outside a checkout."""
-    if sha := os.environ.get("DML_GIT_SHA"):
+    if sha := get_settings().git_sha:
         return sha
     try:
         out = subprocess.run(

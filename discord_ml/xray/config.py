@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import getpass
-import os
 import secrets
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from discord_ml.cluster.backends import BACKENDS, default_backend
+from discord_ml.settings import environment
 
 AuthMode = Literal["local", "header"]
 
@@ -61,7 +61,7 @@ class XRayConfig(BaseModel):
     @classmethod
     def from_env(cls, **overrides: object) -> XRayConfig:
         """Settings from DML_XRAY_* (and DML_OWNER, DML_DAGSTER_URL), then `overrides`."""
-        env = os.environ
+        env = environment("DML_")
         names = {"auth": "DML_XRAY_AUTH", "user_header": "DML_XRAY_USER_HEADER",
                  "groups_header": "DML_XRAY_GROUPS_HEADER", "admin_group": "DML_XRAY_ADMIN_GROUP",
                  "local_user": "DML_OWNER", "secret": "DML_XRAY_SECRET", "dagster_url": "DML_DAGSTER_URL",

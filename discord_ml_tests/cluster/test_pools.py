@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from discord_ml.cluster.pools import PoolError, get_catalog, load_catalog, parse_catalog
-from discord_ml.settings import get_settings
 
 
 def test_packaged_catalog_offers_the_standard_pools() -> None:
@@ -49,14 +48,12 @@ def test_deployment_file_replaces_the_catalog(tmp_path: Path, monkeypatch: pytes
         "     cpu_per_node: '190', memory_per_node: 1800Gi, max_workers: 4}\n"
     )
     monkeypatch.setenv("DML_POOLS_FILE", str(path))
-    get_settings.cache_clear()
     get_catalog.cache_clear()
     try:
         assert get_catalog().names == ["mi300"]
         assert get_catalog().source == str(path)
     finally:
         monkeypatch.delenv("DML_POOLS_FILE")
-        get_settings.cache_clear()
         get_catalog.cache_clear()
     assert "cpu" in get_catalog().names
 

@@ -20,7 +20,6 @@ from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.pools import get_catalog, parse_catalog
 from discord_ml.cluster.provider import ClusterInfo, ClusterStatus
 from discord_ml.cluster.usage import Rates, collect, rates, totals
-from discord_ml.settings import get_settings
 from discord_ml.xray.app import create_app
 from discord_ml.xray.auth import Identity
 from discord_ml.xray.config import XRayConfig
@@ -86,11 +85,9 @@ def priced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LogStore
     pools.write_text(CATALOG)
     monkeypatch.setenv("DML_POOLS_FILE", str(pools))
     monkeypatch.setenv("DML_LOG_ROOT", str(tmp_path / "logs"))
-    get_settings.cache_clear()
     get_catalog.cache_clear()
     yield LogStore()
     monkeypatch.undo()
-    get_settings.cache_clear()
     get_catalog.cache_clear()
 
 

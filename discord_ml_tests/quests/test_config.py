@@ -15,7 +15,6 @@ from discord_ml.quests.assets import gate
 from discord_ml.quests.lake import Lake
 from discord_ml.quests.ml.world import generate
 from discord_ml.quests.tasks.prep import prep_in_process
-from discord_ml.settings import get_settings
 from discord_ml_tests.support.quests import START, tiny
 
 PARTITION = "2026-11-03"
@@ -24,7 +23,6 @@ PARTITION = "2026-11-03"
 @pytest.fixture
 def lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lake:
     monkeypatch.setenv("DML_DATA_ROOT", str(tmp_path / "lake"))
-    get_settings.cache_clear()
     lake = Lake(str(tmp_path / "lake"))
     generate(lake, days=3, config=tiny())
     for i in range(3):

@@ -27,7 +27,6 @@ from discord_ml.quests.ml.features import CATEGORICAL, REASON, FeatureSpec, feat
 from discord_ml.quests.ml.world import WorldConfig, generate
 from discord_ml.quests.model_registry import ModelRegistry
 from discord_ml.quests.tasks.prep import prep_in_process
-from discord_ml.settings import get_settings
 from discord_ml_tests.support.quests import DEMO_WORLD, START, tiny
 
 pytestmark = pytest.mark.slow
@@ -37,7 +36,6 @@ pytestmark = pytest.mark.slow
 def lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lake:
     root = tmp_path / "lake"
     monkeypatch.setenv("DML_DATA_ROOT", str(root))
-    get_settings.cache_clear()
     return Lake(str(root))
 
 

@@ -28,7 +28,6 @@ from discord_ml.cluster.kuberay.security import hardened_container_security_cont
 from discord_ml.cluster.pools import GpuPool, PoolCatalog
 from discord_ml.cluster.quantity import format_bytes, parse_quantity
 from discord_ml.cluster.spec import ClusterSpec, normalized_cpu, normalized_memory
-from discord_ml.settings import get_settings
 
 RAY_API_VERSION = "ray.io/v1"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -258,11 +257,11 @@ def build_ray_job(
     }
 
 
-def build_network_policy(spec: ClusterSpec, *, platform_namespace: str | None = None) -> dict[str, Any]:
+def build_network_policy(spec: ClusterSpec, *, platform_namespace: str) -> dict[str, Any]:
     """A NetworkPolicy for the cluster's pods: cluster-internal traffic and DNS; the dashboard/Jobs API
-    only from the platform namespace (Dagster, X-Ray); Ray Client and the Jobs API from the cluster's
+    only from `platform_namespace` (Dagster, X-Ray); Ray Client and the Jobs API from the cluster's
     own notebook pods; nothing else in or out."""
-    platform_ns = platform_namespace or get_settings().platform_namespace
+    platform_ns = platform_namespace
     members = {"podSelector": {"matchLabels": {"ray.io/cluster": spec.cluster_name}}}
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -326,6 +325,7 @@ def build_auth_secret(spec: ClusterSpec, token: str) -> dict[str, Any]:
     }
 
 
-def build_cluster_manifests(spec: ClusterSpec, *, catalog: PoolCatalog | None = None) -> list[dict[str, Any]]:
+def build_cluster_manifests(spec: ClusterSpec, *, platform_namespace: str,
+                            catalog: PoolCatalog | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """What a provider applies for one cluster: the RayCluster and its NetworkPolicy."""
-    return [build_ray_cluster(spec, catalog=catalog), build_network_policy(spec)]
+    return [build_ray_cluster(spec, catalog=catalog), build_network_policy(spec, platform_namespace=platform_namespace)]

@@ -139,7 +139,11 @@ class KubeRayProvider:
             self.call(self.core.create_namespaced_secret, namespace, token_secret)
         try:
             self.call(self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, cluster)
-            self.call(self.networking.create_namespaced_network_policy, namespace, build_network_policy(spec))
+            self.call(
+                self.networking.create_namespaced_network_policy,
+                namespace,
+                build_network_policy(spec, platform_namespace=get_settings().platform_namespace),
+            )
         except ClusterExistsError:
             raise ClusterExistsError(
                 f"RayCluster {name!r} already exists in namespace {namespace!r}; pick another name or delete it first "

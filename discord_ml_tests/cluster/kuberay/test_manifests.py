@@ -193,7 +193,7 @@ def test_schema_checks_catch_what_kubernetes_would_reject() -> None:
 
 
 def test_build_cluster_manifests_emits_cluster_and_policy() -> None:
-    kinds = [m["kind"] for m in build_cluster_manifests(_spec("l4", 2, "plain"))]
+    kinds = [m["kind"] for m in build_cluster_manifests(_spec("l4", 2, "plain"), platform_namespace="ml-platform")]
     assert kinds == ["RayCluster", "NetworkPolicy"]
 
 

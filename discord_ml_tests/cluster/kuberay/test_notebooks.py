@@ -57,7 +57,9 @@ def test_notebook_manifests_are_valid_hardened_and_least_privilege() -> None:
     assert head["to"] == [{"podSelector": {"matchLabels": {"ray.io/cluster": "ranking", "ray.io/node-type": "head"}}}]
     assert {p["port"] for p in head["ports"]} == {10001, 8265} and {p["port"] for p in dns["ports"]} == {53}
     # ... and the cluster's own policy lets its notebooks in on exactly those ports.
-    cluster_policy = build_network_policy(ClusterSpec.build(name="ranking", owner="alice", namespace="ml"))
+    cluster_policy = build_network_policy(
+        ClusterSpec.build(name="ranking", owner="alice", namespace="ml"), platform_namespace="ml-platform"
+    )
     [from_notebooks] = [
         r
         for r in cluster_policy["spec"]["ingress"]

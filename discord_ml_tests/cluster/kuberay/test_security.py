@@ -185,7 +185,11 @@ def test_plain_workloads_are_checked_too() -> None:
 def test_dml_validate_checks_user_files(tmp_path: Path) -> None:
     runner = CliRunner()
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump_all(build_cluster_manifests(ClusterSpec.build(name="ok", owner="jane"))))
+    good.write_text(
+        yaml.safe_dump_all(
+            build_cluster_manifests(ClusterSpec.build(name="ok", owner="jane"), platform_namespace="ml-platform")
+        )
+    )
     result = runner.invoke(app, ["validate", str(good)])
     assert result.exit_code == 0, result.output
     assert "2 object(s) checked, 0 violation(s)" in result.output

@@ -37,7 +37,7 @@ def _h100_training_cluster() -> list[dict[str, Any]]:
         dagster_run_id="5b0d7c62-0b1e-4f8c-9a57-3c1f0a2b9e11",
         dagster_job="daily_pipeline",
     )
-    return build_cluster_manifests(spec)
+    return build_cluster_manifests(spec, platform_namespace="ml-platform")
 
 
 def _cpu_autoscaling_ray_job() -> list[dict[str, Any]]:
@@ -57,7 +57,7 @@ def _cpu_autoscaling_ray_job() -> list[dict[str, Any]]:
     job = build_ray_job(
         spec, ["python", "-m", "discord_ml.quests.tasks.evaluate"], runtime_env={"env_vars": {"DML_STAGE": "eval"}}
     )
-    return [job, build_network_policy(spec)]
+    return [job, build_network_policy(spec, platform_namespace="ml-platform")]
 
 
 def _notebook_pod() -> list[dict[str, Any]]:
