@@ -53,7 +53,8 @@ def record_notebook(namespace: str, name: str, *, url: str, token: str, pid: int
     return path
 
 
-def _local_notebooks(namespace: str, name: str) -> Iterator[tuple[str, str]]:
+def local_notebooks(namespace: str, name: str) -> Iterator[tuple[str, str]]:
+    """(URL, token) of the local JupyterLabs recorded for a cluster that still run."""
     from discord_ml.cluster.attach import live_record
 
     for path in sorted(notebook_record_dir(namespace, name).glob("*.json")):
@@ -111,28 +112,13 @@ def read_activity(provider: ClusterProvider, cluster: ClusterInfo, *, now: datet
     return Activity(busy, max(seen), problems)
 
 
-def _notebooks(provider: ClusterProvider, cluster: ClusterInfo, problems: list[str]) -> Iterator[tuple[str, str]]:
-    """(JupyterLab URL, token) of every notebook attached to the cluster."""
-    yield from _local_notebooks(cluster.namespace, cluster.name)
-    if cluster.backend != "kuberay":
-        return
-    from discord_ml.cluster.kuberay.notebook_manifests import JUPYTER_PORT
-    from discord_ml.cluster.kuberay.notebooks import KubeRayNotebooks
-    from discord_ml.cluster.kuberay.provider import KubeRayProvider
-
-    if not isinstance(provider, KubeRayProvider):
-        return
-    notebooks = KubeRayNotebooks(provider)
-    forwarded = provider.dashboard_access == "port-forward"
+def _notebooks(provider: ClusterProvider, cluster: ClusterInfo, problems: list[str]) -> list[tuple[str, str]]:
+    """(JupyterLab URL, token) of every notebook attached to the cluster, as its backend finds them."""
     try:
-        for pod in notebooks.list(cluster.name, namespace=cluster.namespace):
-            if pod.ready:
-                # In the cluster (the sweeper) the pod's IP, which its NetworkPolicy opens to the platform
-                # namespace; from a laptop a port-forward.
-                address = notebooks.forward(pod).address if forwarded else f"{pod.ip}:{JUPYTER_PORT}"
-                yield f"http://{address}", notebooks.token(pod)
+        return provider.notebooks(cluster.name, namespace=cluster.namespace)
     except Exception as exc:  # reported like the rest
-        problems.append(f"notebook pods could not be read: {type(exc).__name__}: {exc}")
+        problems.append(f"notebooks could not be listed: {type(exc).__name__}: {exc}")
+        return []
 
 
 def idle_seconds(cluster: ClusterInfo, activity: Activity, now: datetime) -> float | None:

@@ -219,6 +219,11 @@ class ClusterProvider(Protocol):
         """
         ...
 
+    def notebooks(self, name: str, *, namespace: str | None = None) -> list[tuple[str, str]]:
+        """(JupyterLab URL, token) of each running notebook attached to the cluster, reachable from
+        here: what the idle reaper asks whether a kernel is busy."""
+        ...
+
 
 def require_capacity(provider: ClusterProvider, spec: ClusterSpec) -> None:
     """Refuse a cluster that cannot fit, before anything is created.

@@ -16,7 +16,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from discord_ml.cluster.duration import format_duration, parse_duration
-from discord_ml.cluster.kuberay.security import image_problem
+from discord_ml.cluster.images import image_problem
 from discord_ml.cluster.names import (
     ENV_NAME,
     check_cluster_name,
@@ -140,7 +140,7 @@ class ClusterSpec(BaseModel):
         image = value or get_settings().default_image
         if value and (info.context or {}).get(STORED):
             return value  # admitted when the cluster was created; a later policy change must not hide it
-        problem = image_problem(image)
+        problem = image_problem(image, get_settings().allowed_registries)
         if problem:
             raise ValueError(f"image {problem}")
         return image

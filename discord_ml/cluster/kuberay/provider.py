@@ -280,6 +280,21 @@ class KubeRayProvider:
         events.sort(key=lambda e: e.time or datetime.min.replace(tzinfo=UTC))
         return events[-limit:]
 
+    def notebooks(self, name: str, *, namespace: str | None = None) -> list[tuple[str, str]]:
+        """The cluster's ready notebook pods: in the cluster (the sweeper) at the pod's IP, which its
+        NetworkPolicy opens to the platform namespace; from a laptop through a port-forward."""
+        from discord_ml.cluster.kuberay.notebook_manifests import JUPYTER_PORT
+        from discord_ml.cluster.kuberay.notebooks import KubeRayNotebooks
+
+        pods = KubeRayNotebooks(self)
+        found = []
+        for pod in pods.list(name, namespace=namespace or get_settings().default_namespace):
+            if pod.ready:
+                forwarded = self.dashboard_access == "port-forward"
+                address = pods.forward(pod).address if forwarded else f"{pod.ip}:{JUPYTER_PORT}"
+                found.append((f"http://{address}", pods.token(pod)))
+        return found
+
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call the Kubernetes API, retrying transient errors; map the rest to our errors (ClusterError...)."""
         import urllib3

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from discord_ml.cluster.images import image_problem
 from discord_ml.settings import get_settings
 
 # Volume kinds the restricted profile allows.
@@ -83,27 +84,6 @@ def hardened_container_security_context() -> dict[str, Any]:
     }
 
 
-def image_problem(image: str, policy: SecurityPolicy | None = None) -> str | None:
-    """Why `image` is not allowed, or None. Untagged images count as `:latest`."""
-    policy = policy or SecurityPolicy()
-    if not image:
-        return "is empty; name an image such as 'rayproject/ray:2.60.0-py311'"
-    if not any(image.startswith(prefix) for prefix in policy.allowed_registries):
-        return (
-            f"{image!r} is not from an allowed registry ({', '.join(policy.allowed_registries)}); "
-            "push it there or extend DML_ALLOWED_REGISTRIES"
-        )
-    if "@sha256:" in image:
-        return None
-    name_part = image.rsplit("/", 1)[-1]
-    tag = name_part.partition(":")[2]
-    if not tag:
-        return f"{image!r} has no tag (that means ':latest'); pin a version tag or digest"
-    if tag == "latest":
-        return f"{image!r} uses ':latest'; pin a version tag or digest"
-    return None
-
-
 # --- finding pod specs -------------------------------------------------------------------------
 
 
@@ -170,7 +150,7 @@ def _check_container(
             yield Violation(f"{path}.ports[{j}].hostPort", "must not be set (no host ports)")
     image = container.get("image")
     if image is not None:
-        problem = image_problem(str(image), policy)
+        problem = image_problem(str(image), policy.allowed_registries)
         if problem:
             yield Violation(f"{path}.image", problem)
     yield from _check_gpu_resources(f"{path}.resources", container.get("resources") or {})

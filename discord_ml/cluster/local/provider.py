@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from discord_ml.cluster.activity import local_notebooks
 from discord_ml.cluster.archive import archive_before_delete
 from discord_ml.cluster.conventions import cluster_labels
 from discord_ml.cluster.local.nodes import LocalClusterError, LocalRayCluster
@@ -152,6 +153,10 @@ class LocalRayProvider:
         if record.state == "failed" and record.reason:
             events.append(ClusterEvent(None, "Warning", record.name, "Failed", record.reason))
         return events[-limit:]
+
+    def notebooks(self, name: str, *, namespace: str | None = None) -> list[tuple[str, str]]:
+        """The local JupyterLabs (X-Ray's, `dml notebook`'s) that recorded themselves for the cluster."""
+        return list(local_notebooks(namespace or get_settings().default_namespace, name))
 
     # --- internals ---------------------------------------------------------------------------
 
