@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -46,9 +46,9 @@ class CapacityError(ClusterError):
     """A cluster cannot fit (quota or nodes); the message says what is short and by how much."""
 
 
-@dataclass(frozen=True)
-class ClusterInfo:
-    """A snapshot of one cluster, whatever the backend."""
+@dataclass(frozen=True, kw_only=True)
+class ClusterIdentity:
+    """What names a cluster and whom it belongs to, in every view of it (provider, X-Ray, usage)."""
 
     name: str
     namespace: str
@@ -58,6 +58,16 @@ class ClusterInfo:
     purpose: str
     gpu_pool: str
     gpu_type: str
+
+    def identity(self) -> dict[str, str]:
+        """These fields by name, to build another view of the same cluster."""
+        return {f.name: getattr(self, f.name) for f in fields(ClusterIdentity)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterInfo(ClusterIdentity):
+    """A snapshot of one cluster, whatever the backend."""
+
     gpus_per_worker: int
     workers_ready: int
     workers_desired: int
@@ -87,9 +97,7 @@ class ClusterInfo:
     def as_json(self) -> dict[str, Any]:
         """The snapshot as JSON-ready data (`dml cluster get -o json`, the log archive)."""
         return {
-            "name": self.name, "namespace": self.namespace, "backend": self.backend, "owner": self.owner,
-            "team": self.team, "purpose": self.purpose, "gpu_pool": self.gpu_pool, "gpu_type": self.gpu_type,
-            "gpus_per_worker": self.gpus_per_worker, "workers_ready": self.workers_ready,
+            **self.identity(), "gpus_per_worker": self.gpus_per_worker, "workers_ready": self.workers_ready,
             "workers_desired": self.workers_desired, "status": str(self.status), "reason": self.reason,
             "created": self.created.isoformat(), "dashboard_url": self.dashboard_url, "labels": dict(self.labels),
             "ttl_seconds": self.ttl_seconds, "head_cpu": self.head_cpu, "worker_cpu": self.worker_cpu,

@@ -73,9 +73,12 @@ raw_impressions = dg.AssetSpec(
 )
 
 
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=daily,
+def daily_asset(**kwargs: Any) -> Any:
+    """`dg.asset` for a step of the pipeline: in the quests group, partitioned by day."""
+    return dg.asset(group_name=GROUP, partitions_def=daily, **kwargs)
+
+
+@daily_asset(
     deps=[raw_impressions],
     kinds={"ray", "parquet"},
     backfill_policy=dg.BackfillPolicy.single_run(),  # a range of days preps in one run, on one cluster
@@ -120,14 +123,9 @@ def check_train_inputs(lake: Lake, day: dt.date, config: TrainConfig) -> None:
         )
 
 
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=daily,
-    deps=[quest_features],
-    kinds={"ray", "pytorch"},
-    description="A ranking model trained on the window ending at the partition (Ray Train TorchTrainer, TorchRec "
-    "model-parallel embeddings; or xgboost), registered as a new immutable version.",
-)
+@daily_asset(deps=[quest_features], kinds={"ray", "pytorch"},
+             description="A ranking model trained on the window ending at the partition (Ray Train TorchTrainer, "
+             "TorchRec model-parallel embeddings; or xgboost), registered as a new immutable version.")  # fmt: skip
 def ranking_model(
     context: dg.AssetExecutionContext, config: TrainConfig, ray_cluster: RayClusterResource, data: DataLakeResource
 ) -> Any:
@@ -184,9 +182,7 @@ def gate(table: dict[str, dict[str, Any]]) -> tuple[bool, str]:
     return True, "beats " + " and ".join(beaten)
 
 
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=daily,
+@daily_asset(
     deps=[ranking_model],
     kinds={"ray"},
     check_specs=[
@@ -227,9 +223,7 @@ def model_evaluation(context: dg.AssetExecutionContext, ray_cluster: RayClusterR
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=daily,
+@daily_asset(
     deps=[model_evaluation],
     kinds={"python"},
     description="Promotes the evaluated candidate to production (only reached when the gate check passed).",
@@ -254,14 +248,9 @@ def production_model(context: dg.AssetExecutionContext, data: DataLakeResource) 
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=daily,
-    deps=[production_model],
-    kinds={"ray", "parquet"},
-    description="Top-K quests for every request of the next day, scored by the production model with Ray Data "
-    "map_batches over an actor pool.",
-)
+@daily_asset(deps=[production_model], kinds={"ray", "parquet"},
+             description="Top-K quests for every request of the next day, scored by the production model with Ray "
+             "Data map_batches over an actor pool.")  # fmt: skip
 def quest_recommendations(
     context: dg.AssetExecutionContext,
     config: InferenceConfig,

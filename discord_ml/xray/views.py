@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from discord_ml.cluster.duration import human_age
 from discord_ml.cluster.lifecycle import staleness
-from discord_ml.cluster.provider import ClusterInfo, ClusterStatus
+from discord_ml.cluster.provider import ClusterIdentity, ClusterInfo, ClusterStatus
 from discord_ml.xray.auth import Identity
 
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
@@ -67,19 +67,11 @@ class Badge:
     reason: str
 
 
-@dataclass(frozen=True)
-class ClusterRow:
+@dataclass(frozen=True, kw_only=True)
+class ClusterRow(ClusterIdentity):
     """One cluster as the clusters page and /api/clusters show it."""
 
     key: str
-    name: str
-    namespace: str
-    backend: str
-    owner: str
-    team: str
-    purpose: str
-    gpu_pool: str
-    gpu_type: str
     gpus: int
     gpu_label: str
     workers_ready: int
@@ -127,9 +119,8 @@ def cluster_row(cluster: ClusterInfo, *, now: datetime, run_statuses: Mapping[st
     age = (now - cluster.created).total_seconds()
     price = _price(cluster)
     return ClusterRow(
-        key=cluster_path(cluster), name=cluster.name, namespace=cluster.namespace, backend=cluster.backend,
-        owner=cluster.owner, team=cluster.team, purpose=cluster.purpose, gpu_pool=cluster.gpu_pool,
-        gpu_type=cluster.gpu_type, gpus=gpus, gpu_label=label, workers_ready=cluster.workers_ready,
+        **cluster.identity(), key=cluster_path(cluster), gpus=gpus, gpu_label=label,
+        workers_ready=cluster.workers_ready,
         workers_desired=cluster.workers_desired, status=cluster.status.value, reason=cluster.reason,
         created=cluster.created.isoformat(), age_seconds=int(age), age=human_age(age),
         ttl_seconds=cluster.ttl_seconds, dashboard_url=cluster.dashboard_url, run_id=run_id,

@@ -15,6 +15,7 @@ import atexit
 import base64
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -161,13 +162,9 @@ class KubeRayProvider:
         Raises:
             ClusterNotReadyError: failed, or not ready within `timeout`, with the pending reason.
         """
-        return poll_until_ready(
-            lambda: self.get(name, namespace=namespace),
-            what=f"RayCluster {name!r}",
-            timeout=timeout,
-            interval=1.0,
-            on_progress=on_progress,
-        )
+        get = functools.partial(self.get, name, namespace=namespace)
+        return poll_until_ready(get, what=f"RayCluster {name!r}", timeout=timeout, interval=1.0,
+                                on_progress=on_progress)  # fmt: skip
 
     def get(self, name: str, *, namespace: str | None = None) -> ClusterInfo:
         """One RayCluster, with the reason it is not ready (if it is not).

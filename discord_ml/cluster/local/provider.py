@@ -6,6 +6,7 @@ connect to and delete them, and tells a live cluster from a dead one.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -91,14 +92,13 @@ class LocalRayProvider:
         Raises:
             ClusterNotReadyError: the cluster died or did not become ready within `timeout`.
         """
-        return poll_until_ready(
-            lambda: self.get(name, namespace=namespace),
-            what=f"cluster {name!r}",
-            timeout=timeout,
-            interval=0.5,
-            on_progress=on_progress,
-            ready=lambda i: i.status == ClusterStatus.READY and i.workers_ready == i.workers_desired,
-        )
+
+        def ready(info: ClusterInfo) -> bool:  # every worker raylet too, not just the head
+            return info.status == ClusterStatus.READY and info.workers_ready == info.workers_desired
+
+        get = functools.partial(self.get, name, namespace=namespace)
+        return poll_until_ready(get, what=f"cluster {name!r}", timeout=timeout, interval=0.5, on_progress=on_progress,
+                                ready=ready)  # fmt: skip
 
     def get(self, name: str, *, namespace: str | None = None) -> ClusterInfo:
         """One cluster; its status checked against its processes.
