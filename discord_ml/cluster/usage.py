@@ -133,6 +133,7 @@ def rates_json(rate: Rates) -> dict[str, Any]:
 
 
 def rates_from_json(data: Mapping[str, Any] | None) -> Rates | None:
+    """The rate recorded with an archive, or None when none was recorded."""
     return Rates(float(data["cpus"]), int(data["gpus"]), data.get("price_per_hour")) if data else None
 
 

@@ -69,6 +69,7 @@ class ModelRegistry:
         return f"{self.lake.registry_dir()}/{model_name}"
 
     def versions(self, model_name: str) -> list[int]:
+        """The version numbers registered for `model_name`, oldest first."""
         from pyarrow import fs as pafs
 
         selector = pafs.FileSelector(self._model_dir(model_name), allow_not_found=True)
@@ -92,6 +93,7 @@ class ModelRegistry:
         return ModelVersion(model_name, int(number), path, self.lake.read_json(f"{path}/{CARD}"))
 
     def latest(self, model_name: str) -> ModelVersion | None:
+        """The newest version of `name`, or None."""
         versions = self.versions(model_name)
         return self.get(f"{model_name}/v{versions[-1]:04d}") if versions else None
 
@@ -131,6 +133,7 @@ class ModelRegistry:
         return f"{self.lake.registry_dir()}/production.json"
 
     def production(self) -> ModelVersion | None:
+        """The version promoted to production, or None before the first promotion."""
         path = self._production_file()
         if not self.lake.exists(path):
             return None

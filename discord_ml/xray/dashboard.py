@@ -97,7 +97,9 @@ class RayDashboard:
         return answer(response, self.base, path)
 
     async def nodes(self) -> list[NodeUsage]:
+        """Every node and what it uses now, head first."""
         return parse_nodes(await self._get("/nodes?view=summary"))
 
     async def events(self, limit: int = 20) -> list[RayEvent]:
+        """Ray's latest `limit` events, oldest first."""
         return parse_events(await self._get(f"/api/v0/cluster_events?limit={limit}"))[-limit:]

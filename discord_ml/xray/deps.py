@@ -16,6 +16,7 @@ from discord_ml.xray.views import Filters, human_age
 
 
 def get_service(request: Request) -> XRayService:
+    """The app's XRayService (a FastAPI dependency)."""
     return request.app.state.service
 
 
@@ -23,6 +24,7 @@ Service = Annotated[XRayService, Depends(get_service)]
 
 
 def current_user(request: Request, service: Service) -> Identity:
+    """Who is asking, from the proxy's headers or the local user (a FastAPI dependency)."""
     return identify(request.headers, service.config)
 
 
@@ -34,6 +36,7 @@ def chosen_filters(
     team: Annotated[str | None, Query(description="Only clusters of this team.")] = None,
     status: Annotated[str | None, Query(description="Only clusters in this status (pending, ready, ...).")] = None,
 ) -> Filters:
+    """The clusters page's filters from the query string, validated (a FastAPI dependency)."""
     return Filters.parse(owner, team, status)
 
 
@@ -54,6 +57,7 @@ Actor = Annotated[Identity, Depends(csrf_checked)]
 
 
 def gib(value: float) -> str:
+    """Bytes as GiB with one decimal, for the templates."""
     return f"{value / 2**30:.1f} GiB"
 
 
@@ -63,6 +67,7 @@ def since(moment: datetime) -> str:
 
 
 def make_templates(directory: str) -> Jinja2Templates:
+    """Jinja2 templates with X-Ray's filters."""
     templates = Jinja2Templates(directory=directory)
     templates.env.filters["age"] = human_age
     templates.env.filters["since"] = since

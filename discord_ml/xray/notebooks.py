@@ -47,6 +47,7 @@ class NotebookSessions:
         self._lock = threading.Lock()
 
     def get(self, key: str) -> NotebookSession | None:
+        """The running notebook of a cluster, or None."""
         session = self._sessions.get(key)
         return session if session is not None and session.alive else None
 
@@ -93,12 +94,14 @@ class NotebookSessions:
         raise NotebookError(f"JupyterLab did not listen within {self.start_timeout:.0f}s:\n{log_tail(session.log, 20)}")
 
     def stop(self, key: str) -> None:
+        """Stop the cluster's notebook, if one runs."""
         with self._lock:
             session = self._sessions.pop(key, None)
         if session is not None:
             self._terminate(session)
 
     def stop_all(self) -> None:
+        """Stop every notebook (X-Ray is shutting down)."""
         for key in list(self._sessions):
             self.stop(key)
 

@@ -22,6 +22,7 @@ router = APIRouter(default_response_class=HTMLResponse, include_in_schema=False)
 
 
 def render(request: Request, name: str, service: XRayService, user: Identity, **context: Any) -> HTMLResponse:
+    """A page from its template, with what every page needs: the user, the CSRF token, the refresh interval."""
     refresh_ms = int(service.config.refresh_seconds * 1000)
     return templates.TemplateResponse(
         request, name, {"user": user, "csrf": csrf_token(user, service.config.secret), "refresh_ms": refresh_ms,

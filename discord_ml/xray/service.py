@@ -86,6 +86,7 @@ class XRayService:
         self.notebooks = NotebookSessions(notebooks_root, host=config.notebook_host)
 
     def provider(self, backend: str) -> ClusterProvider:
+        """The provider of a served backend. Raises ClusterNotFoundError for another."""
         try:
             return self.providers[backend]
         except KeyError:
@@ -126,6 +127,7 @@ class XRayService:
         return await run_in_threadpool(lambda: provider.get(name, namespace=namespace))
 
     async def row(self, cluster: ClusterInfo, identity: Identity) -> ClusterRow:
+        """One cluster's row, with its run's status."""
         return cluster_row(cluster, now=datetime.now(UTC), run_statuses=await self._statuses([cluster]),
                            dagster_url=self.config.dagster_url, identity=identity)  # fmt: skip
 

@@ -52,10 +52,12 @@ class Filters:
         return cls(owner, team, status)
 
     def match(self, cluster: ClusterInfo) -> bool:
+        """Whether a cluster passes every chosen filter."""
         return ((not self.owner or cluster.owner == self.owner) and (not self.team or cluster.team == self.team)
                 and (not self.status or cluster.status.value == self.status))  # fmt: skip
 
     def query(self) -> dict[str, str]:
+        """The filters as query parameters (the links that keep them)."""
         return {k: v for k, v in asdict(self).items() if v}
 
 

@@ -161,6 +161,7 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Send `sig` to a process group; one that is already gone (or not ours to signal) is left be."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 

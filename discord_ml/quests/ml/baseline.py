@@ -41,6 +41,7 @@ class CountStats:
 
     @classmethod
     def fit(cls, train: pa.Table) -> CountStats:
+        """Impressions and clicks per value of each count feature in `train`, and the overall click rate."""
         frame = _frame(train, with_label=True)
         prior = float(np.mean(frame["label"].to_numpy()))
         return cls(prior, {name: _counts(frame, keys) for name, keys in GROUPS.items()})
@@ -56,6 +57,7 @@ class CountStats:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CountStats:
+        """Counts saved with a model version (`to_bytes`)."""
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             tables = {
                 name: pd.DataFrame({c: arrays[f"{name}.{c}"] for c in [*keys, "impressions", "clicks"]})

@@ -52,6 +52,7 @@ class Scorer:
         return featurize(raw, self.features)
 
     def score(self, features: pa.Table) -> np.ndarray:
+        """Participation probabilities of the (featurized) rows, in row order."""
         if self.model is None:
             import xgboost as xgb
 

@@ -59,6 +59,7 @@ def _splits(table: EmbeddingBagConfig, world: int) -> bool:
 def constraints(
     tables: list[EmbeddingBagConfig], *, world: int, device_type: str, whole_table_limit: int
 ) -> dict[str, ParameterConstraints]:
+    """TorchRec's planner constraints: which sharding types each table may take."""
     rules = placement_rules(tables, world=world, device_type=device_type, whole_table_limit=whole_table_limit)
     by_name = {t.name: t for t in tables}
     return {

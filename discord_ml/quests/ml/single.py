@@ -33,6 +33,8 @@ def train_single_process(
     seed: int = 0,
     on_epoch: Any = None,
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
+    """Train the model `model_config` describes in this process, with plain PyTorch; returns it and each
+    epoch's metrics."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)

@@ -230,6 +230,7 @@ def _calibration_png(calibrations: dict[str, dict[str, Any]]) -> bytes:
 
 
 def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
+    """The evaluation table as Markdown (the materialization's `quality`)."""
     head = ("| | model | AUC | AUC lift / Bayes | log loss | ECE | expected participation | share of oracle lift "
             "| vs XGBoost | coverage | cold-start coverage |")  # fmt: skip
     lines = [head, "|---" * 11 + "|"]

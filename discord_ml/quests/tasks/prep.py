@@ -43,6 +43,8 @@ def check_files(lake: Lake, files: list[str]) -> tuple[list[str], list[dict[str,
 
 
 def prep_day(lake: Lake, day_text: str, spec: FeatureSpec, *, log: Any = print) -> dict[str, Any]:
+    """Validate one landed day with Ray Data, quarantine bad rows and files, publish its features;
+    returns the day's summary."""
     day = parse_date(day_text, field="partition")
     landed = lake.impressions_dir(day)
     if not lake.complete(landed):

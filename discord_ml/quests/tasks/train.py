@@ -47,6 +47,7 @@ def split_window(end: dt.date, window: int) -> tuple[list[dt.date], dt.date, dt.
 
 
 def feature_files(lake: Lake, days: list[dt.date]) -> list[str]:
+    """The published feature files of `days`, in day order."""
     missing = [date_str(d) for d in days if not lake.complete(lake.features_dir(d))]
     if missing:
         raise LakeError(
@@ -57,6 +58,7 @@ def feature_files(lake: Lake, days: list[dt.date]) -> list[str]:
 
 
 def read_table(lake: Lake, days: list[dt.date], columns: list[str] | None = FEATURE_COLUMNS) -> pa.Table:
+    """The features of `days` as one table (only `columns`)."""
     return lake.read_table(feature_files(lake, days), columns)
 
 
@@ -258,6 +260,7 @@ def train_xgboost(lake: Lake, train: list[dt.date], validation: dt.date, rounds:
 
 
 def train_and_register(args: TrainArgs, on_event: Callable[[dict[str, Any]], None]) -> ModelVersion:
+    """Train the model `args` names on its window and register the result as a new version."""
     lake = Lake(args.root)
     train, validation, test = split_window(parse_date(args.date, field="partition"), args.window)
     feature_files(lake, [*train, validation, test])  # fail before any work when a day is missing

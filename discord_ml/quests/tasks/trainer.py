@@ -54,6 +54,7 @@ class Shard:
         return len(self.labels)
 
     def batch(self, index: torch.Tensor | slice, device: torch.device) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """The rows `index` selects from this worker's shard, as (sparse, dense, labels) on `device`."""
         return (batch_kjt(self.sparse[index]).to(device), self.dense[index].to(device), self.labels[index].to(device))
 
 
@@ -142,6 +143,7 @@ def _set_learning_rates(model: Any, dense: Any, config: dict[str, Any], epoch: i
 
 
 def train_loop(config: dict[str, Any]) -> None:
+    """The Ray Train worker loop: shard the tables with TorchRec, train, checkpoint each epoch, report."""
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
