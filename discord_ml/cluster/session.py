@@ -82,13 +82,12 @@ class ClusterSession:
         """
         try:
             require_capacity(self.provider, self.spec)
-        except CapacityError as exc:
-            if not self.allow_pending:
-                raise
-            if self.on_warning is not None:
-                self.on_warning(str(exc))
         except ClusterError as exc:
-            raise ClusterError(f"capacity could not be checked: {exc}") from exc
+            problem = exc if isinstance(exc, CapacityError) else ClusterError(f"capacity could not be checked: {exc}")
+            if not self.allow_pending:
+                raise problem from (None if problem is exc else exc)
+            if self.on_warning is not None:  # it is created anyway, and waits
+                self.on_warning(str(problem))
         namespace = self.spec.namespace
         try:
             self.info = self.provider.create(self.spec)

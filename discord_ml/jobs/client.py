@@ -128,7 +128,7 @@ class RayJobs:
             return client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
                                      runtime_env=dict(runtime_env) if runtime_env else None,
                                      metadata=dict(metadata) if metadata else None)  # fmt: skip
-        except (ConnectionError, RuntimeError) as exc:
+        except (OSError, RuntimeError) as exc:  # requests' errors are OSErrors; Ray's own HTTP errors RuntimeErrors
             raise DashboardUnavailableError(f"Ray job could not be submitted to {self.address}: {exc}") from exc
 
     def follow(self, *, job_id: str, on_line: Callable[[str], None] = print, tail_lines: int = 30,
