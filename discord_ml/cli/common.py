@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -84,12 +84,17 @@ def info_dict(info: ClusterInfo) -> dict[str, Any]:
 
 def wait_for_interrupt(tick: Callable[[], None] | None = None, *, every: float = 5.0) -> None:
     """Block until Ctrl-C or SIGTERM, calling `tick` every `every` seconds (it may end the wait by raising)."""
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(every):
-        if tick is not None:
-            tick()
+    # The handler raises rather than setting an Event: a handler that takes a lock can deadlock with
+    # the main thread it interrupts.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while True:
+            time.sleep(every)
+            if tick is not None:
+                tick()
+    except KeyboardInterrupt:
+        return
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

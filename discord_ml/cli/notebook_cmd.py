@@ -64,7 +64,12 @@ def notebook(
     try:
         raise typer.Exit(process.wait())
     except KeyboardInterrupt:
-        process.wait()
+        process.terminate()  # it may have had the Ctrl-C too (same process group); this makes sure
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         raise typer.Exit(0) from None
     finally:
         record.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ functions: the code location imports this module at start-up.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import httpx
 
-from discord_ml.jobs.follow import LogFollower
+from discord_ml.jobs.follow import LogFollower, lines_in_thread
 from discord_ml.jobs.records import (
     ClusterUnreachableError,
     DashboardUnavailableError,
@@ -153,15 +153,11 @@ class RayJobs:
         started = time.monotonic()
         tail: deque[str] = deque(maxlen=tail_lines)
         follower = LogFollower(self.address, self.headers, job_id)
-
-        async def consume() -> None:
-            async for line in follower.lines():
-                if line is not None:
+        try:
+            with contextlib.closing(lines_in_thread(follower)) as lines:
+                for line in lines:
                     tail.append(line)
                     on_line(line)
-
-        try:
-            asyncio.run(consume())
         except ClusterUnreachableError as exc:  # nothing left to stop the job on
             raise RayClusterLostError(job_id, exc.seconds, exc.__cause__ or exc, list(tail)) from None
         except BaseException:

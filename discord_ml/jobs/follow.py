@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import queue
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -60,8 +62,10 @@ class LogFollower:
         self._splitter = LineSplitter()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
 
-    async def lines(self, *, heartbeat: float | None = None) -> AsyncIterator[str | None]:
-        """Each line as the driver prints it; None after `heartbeat` quiet seconds.
+    async def lines(self, *, heartbeat: float | None = None,
+                    stop: threading.Event | None = None) -> AsyncIterator[str | None]:  # fmt: skip
+        """Each line as the driver prints it; None after `heartbeat` quiet seconds. Ends early, within
+        one status poll, once `stop` is set.
 
         Raises:
             ClusterUnreachableError: the head stopped answering for its patience.
@@ -73,6 +77,8 @@ class LogFollower:
             quiet_since = time.monotonic()
             try:
                 while True:
+                    if stop is not None and stop.is_set():
+                        return
                     now = time.monotonic()
                     try:
                         self.info = await _get_json(client, f"{self.base}/api/jobs/{quote(self.job_id)}")
@@ -149,6 +155,51 @@ class LogFollower:
     def _url(self, media: str) -> str:
         query = urlencode({"submission_id": self.job_id, "node_id": self.node_id, "lines": -1})
         return f"{self.base}/api/v0/logs/{media}?{query}"
+
+
+def lines_in_thread(follower: LogFollower) -> Generator[str]:
+    """The follower's lines, followed on a thread of its own and handed over to the caller's.
+
+    The caller's thread only ever waits on a queue with a timeout, so Ctrl-C, SIGTERM or a terminated
+    Dagster run interrupt it at once, whatever the event loop is doing (asyncio's own Ctrl-C handling
+    cancels a task, and a cancellation can be swallowed by a wait that completes at the same moment).
+    Closing the iterator stops the follower within one status poll.
+
+    Raises:
+        ClusterUnreachableError: as `LogFollower.lines`, and whatever else stopped the follower.
+    """
+    handoff: queue.Queue[object] = queue.Queue()
+    stop = threading.Event()
+
+    async def pump() -> None:
+        async for line in follower.lines(stop=stop):
+            if line is not None:
+                handoff.put(line)
+
+    def run() -> None:
+        try:
+            asyncio.run(pump())
+            handoff.put(_END)
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            handoff.put(exc)
+
+    threading.Thread(target=run, name=f"follow {follower.job_id}", daemon=True).start()
+    try:
+        while True:
+            try:
+                item = handoff.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield str(item)
+    finally:
+        stop.set()
+
+
+_END = object()
 
 
 async def _get_json(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
