@@ -229,9 +229,12 @@ class RayJobs:
         except httpx.HTTPError as exc:
             raise unreachable(self.address, exc) from exc
         missing = None
-        if job_id is not None:
+        if job_id is not None and path.endswith(quote(job_id)):
             missing = JobNotFoundError(f"no Ray job {job_id!r} on this cluster; `dml job list` or the cluster page "
                                        "lists its jobs")  # fmt: skip
+        elif job_id is not None:  # the job's logs or its stop: Ray answers 404 for a job it never had
+            missing = JobNotFoundError(f"{path} is not on this cluster's dashboard: no Ray job {job_id!r} here; "
+                                       "`dml job list` or the cluster page lists its jobs")  # fmt: skip
         return answer(response, self.address, path, missing=missing)
 
     def _stop_quietly(self, job_id: str) -> None:
