@@ -100,15 +100,17 @@ print('init reached', ray.get_runtime_context().gcs_address)
 RAY_CLIENT = """
 import time
 import ray
-for attempt in (1, 2):
+# Ray's client server gives its per-connection server a fixed start-up window, which a busy machine
+# can miss; Ray's own answer is to connect again.
+for attempt in (1, 2, 3):
     try:
         ray.init()
         break
     except ConnectionAbortedError as exc:
-        if attempt == 2:
+        if attempt == 3:
             raise
-        print("Ray Client start failed once:", exc)
-        time.sleep(3)
+        print("Ray Client start failed, connecting again:", exc)
+        time.sleep(5)
 print("client sees", ray.cluster_resources()["CPU"], "CPUs")
 """
 
