@@ -93,12 +93,19 @@ def test_ephemeral_submit_leaves_nothing_also_on_sigint(tmp_path: Path) -> None:
     marker = "dml-sigint-marker"
     script = f"import time; print('{marker}', flush=True); time.sleep(600)"
     proc = subprocess.Popen([*ephemeral, script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if marker in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if marker in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:  # a failure here must not leave its cluster running under the rest of the suite
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            for leftover in LocalRayProvider().list():
+                LocalRayProvider().delete(leftover.name, namespace=leftover.namespace)
     assert proc.returncode != 0
     assert "deleting ephemeral cluster" in stderr
     assert LocalRayProvider().list() == []
