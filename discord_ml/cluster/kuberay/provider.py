@@ -284,10 +284,10 @@ class KubeRayProvider:
         from discord_ml.cluster.kuberay.notebooks import KubeRayNotebooks
 
         pods = KubeRayNotebooks(self)
+        forwarded = self.dashboard_access == "port-forward"
         found = []
         for pod in pods.list(name, namespace=namespace or get_settings().default_namespace):
             if pod.ready:
-                forwarded = self.dashboard_access == "port-forward"
                 address = pods.forward(pod).address if forwarded else f"{pod.ip}:{JUPYTER_PORT}"
                 found.append((f"http://{address}", pods.token(pod)))
         return found
