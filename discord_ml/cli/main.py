@@ -6,6 +6,8 @@ kubernetes or dagster (a test asserts it).
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -97,6 +99,8 @@ def gc(
 
 def main() -> None:
     """Console-script entry point."""
+    # `kill -USR1 PID` prints every thread's stack to stderr: how to see where a stuck `dml` waits.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     app()
 
 

@@ -19,6 +19,7 @@ from discord_ml.cluster.local.nodes import cluster_dir_prefix
 from discord_ml.cluster.local.processes import processes_using
 from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.spec import ClusterSpec
+from discord_ml_tests.support.hung import stacks_then_kill
 from discord_ml_tests.support.k8s_emulator import KubeEmulator
 
 DML = [str(Path(sys.executable).parent / "dml")]
@@ -99,11 +100,15 @@ def test_ephemeral_submit_leaves_nothing_also_on_sigint(tmp_path: Path) -> None:
             if marker in line:
                 break
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
+        try:
+            _, stderr = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"dml did not exit within 120 s of SIGINT; its stacks:\n{stacks_then_kill(proc)}")
     finally:  # a failure here must not leave its cluster running under the rest of the suite
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.returncode is None or proc.returncode < 0:
             for leftover in LocalRayProvider().list():
                 LocalRayProvider().delete(leftover.name, namespace=leftover.namespace)
     assert proc.returncode != 0

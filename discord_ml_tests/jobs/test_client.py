@@ -12,6 +12,7 @@ import pytest
 
 from discord_ml.cluster.local.nodes import LocalRayCluster
 from discord_ml.jobs.client import RayJobFailedError, RayJobs
+from discord_ml_tests.support.hung import stacks_then_kill
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +57,8 @@ def test_failed_job_raises_with_its_last_lines(local_cluster: LocalRayCluster) -
 
 
 FOLLOW_AND_WAIT = """
-import sys
+import faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 from discord_ml.jobs.client import RayJobs
 RayJobs(sys.argv[1], headers={"Authorization": sys.argv[2]}).submit_and_follow(
     entrypoint="python -c \\"import time; print('started', flush=True); time.sleep(300)\\"",
@@ -76,6 +78,7 @@ def test_interrupting_the_follower_stops_the_ray_job(local_cluster: LocalRayClus
             local_cluster.auth_headers()["Authorization"],
         ],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     assert follower.stdout is not None
@@ -87,7 +90,10 @@ def test_interrupting_the_follower_stops_the_ray_job(local_cluster: LocalRayClus
             break
     assert job_id is not None
     follower.send_signal(signal.SIGINT)  # Ctrl-C, or a terminated Dagster run
-    follower.wait(timeout=60)
+    try:
+        follower.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the follower did not exit within 60 s of SIGINT; its stacks:\n{stacks_then_kill(follower)}")
     client = JobSubmissionClient(local_cluster.dashboard_url, headers=local_cluster.auth_headers())
     deadline = time.monotonic() + 30
     while str(client.get_job_status(job_id)) not in ("STOPPED", "FAILED") and time.monotonic() < deadline:
