@@ -87,6 +87,7 @@ class RayClusterResource(dg.ConfigurableResource):
         return ClusterSpec.build(**fields)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Check the run's cluster config before any step runs (the cluster comes later, with its first step)."""
         run = context.run
         if run is None:  # a sensor or schedule reading the config: no cluster to provision
             return
@@ -141,6 +142,7 @@ class RayClusterResource(dg.ConfigurableResource):
             log.info(f"deleted Ray cluster {session.name}")
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Apply the cleanup policy to the run's cluster, if a step created one."""
         session, self._session = self._session, None
         if session is None:
             return

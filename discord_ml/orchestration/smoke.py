@@ -32,6 +32,7 @@ def sample(seed: int, draws: int) -> tuple[int, str]:
 
 
 def main() -> None:
+    """The Ray job: estimate pi with Ray tasks and report it through Dagster Pipes."""
     from dagster_pipes import open_dagster_pipes
 
     args = SmokeArgs.parse()

@@ -244,6 +244,7 @@ def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
 
 
 def main() -> None:
+    """The Ray job: evaluate the candidate against the baselines and report through Dagster Pipes."""
     args = EvaluateArgs.parse()
     with open_dagster_pipes() as pipes:
         init_ray()

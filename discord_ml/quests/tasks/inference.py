@@ -216,6 +216,7 @@ def recommend(lake: Lake, day_text: str, version: ModelVersion, *, k: int, actor
 
 
 def main() -> None:
+    """The Ray job: score the next day with the production model and report through Dagster Pipes."""
     args = InferenceArgs.parse()
     with open_dagster_pipes() as pipes:
         init_ray()

@@ -327,6 +327,7 @@ def _use_gpu(device: str) -> bool:
 
 
 def main() -> None:
+    """The Ray job: train on the window with Ray Train and report the model through Dagster Pipes."""
     args = TrainArgs.parse()
     with open_dagster_pipes() as pipes:
         init_ray()
