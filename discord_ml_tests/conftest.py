@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,18 @@ from discord_ml.cluster.local.nodes import LocalRayCluster
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml_tests.support.k8s_emulator import KubeEmulator, serve
 from discord_ml_tests.support.schemas import require_crds
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let Ctrl-C reach the processes the tests start.
+
+    A shell without job control starts background commands (`./scripts/test &`, a CI runner's
+    script) with SIGINT ignored, and children inherit that: Python then installs no KeyboardInterrupt,
+    and the tests that press Ctrl-C on a `dml` would wait on a process that never hears it. A Python
+    handler here is reset to the default in each child at exec.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
