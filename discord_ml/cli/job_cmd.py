@@ -9,7 +9,7 @@ import secrets
 import shlex
 import signal
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -17,7 +17,11 @@ from discord_ml.cli.cluster_cmd import Cpu, Gpus, Image, Memory, Pool, Ttl, buil
 from discord_ml.cli.common import Backend, Namespace, Output, check_output, fail, print_json, print_table, provider
 from discord_ml.cluster.session import CleanupPolicy
 from discord_ml.cluster.spec import Purpose
-from discord_ml.jobs.client import DashboardUnavailableError, InvalidJobIdError, JobNotFoundError, RayJobs
+from discord_ml.jobs.records import DashboardUnavailableError, InvalidJobIdError, JobNotFoundError
+
+if TYPE_CHECKING:
+    from discord_ml.cluster.provider import ClusterConnection
+    from discord_ml.jobs.client import RayJobs
 
 T = TypeVar("T")
 
@@ -69,7 +73,14 @@ def _archived_note(job_id: str) -> tuple[Any, Any]:
 
 
 def _jobs(cluster: str, namespace: str | None, backend: str | None) -> RayJobs:
-    return RayJobs.of(_connect(cluster, namespace, backend))
+    return _jobs_of(_connect(cluster, namespace, backend))
+
+
+def _jobs_of(connection: ClusterConnection) -> RayJobs:
+    # Imported here: httpx (with its rich-based CLI) costs `dml --help` a fifth of a second.
+    from discord_ml.jobs.client import RayJobs
+
+    return RayJobs.of(connection)
 
 
 def _calling(action: Callable[[], T]) -> T:
@@ -180,7 +191,7 @@ def logs(
             fail(f"the log of job {job_id} was not saved: {archive.problem or 'the job had no log'}")
         typer.echo(LogStore().log(archive.key, job_id), nl=False)
         return
-    jobs = RayJobs.of(connection)
+    jobs = _jobs_of(connection)
     if follow:
         _calling(lambda: jobs.follow(job_id=job_id, on_line=typer.echo, raise_on_failure=False,
                                      stop_on_interrupt=False))  # fmt: skip
@@ -204,7 +215,7 @@ def status(
         data = {"job_id": job_id, "status": job.status, "message": job.message, "entrypoint": job.entrypoint,
                 "exit_code": None}  # fmt: skip
     else:
-        info = _calling(lambda: RayJobs.of(connection).status(job_id=job_id))
+        info = _calling(lambda: _jobs_of(connection).status(job_id=job_id))
         data = {"job_id": job_id, "status": info.status, "message": info.message, "entrypoint": info.entrypoint,
                 "exit_code": info.exit_code}  # fmt: skip
     if output == "json":

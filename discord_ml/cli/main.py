@@ -1,7 +1,7 @@
 """`dml`: hardened Ray clusters from a few parameters, Ray jobs, and the platform's housekeeping.
 
 Start-up stays light: `dml --help` and `dml cluster create --dry-run` import no ray, torch,
-kubernetes or dagster (a test asserts it).
+kubernetes, dagster or httpx (a test asserts it).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from discord_ml_tests.support.hung import stacks_then_kill
 from discord_ml_tests.support.k8s_emulator import KubeEmulator
 
 DML = [str(Path(sys.executable).parent / "dml")]
-HEAVY = ("ray", "torch", "kubernetes", "xgboost", "dagster")
+HEAVY = ("ray", "torch", "kubernetes", "xgboost", "dagster", "httpx")
 
 
 @pytest.fixture
