@@ -230,5 +230,11 @@ def test_notebook_runs_jupyterlab_attached_to_the_cluster() -> None:
         assert f"Bearer {environ['RAY_AUTH_TOKEN']}" == connection.headers["Authorization"]
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
-        provider.delete("cli-nb")
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # fail, but leave no JupyterLab or cluster behind
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        finally:
+            provider.delete("cli-nb")
