@@ -108,7 +108,7 @@ def _loggers(log_file: Path) -> dict[str, dg.LoggerDefinition]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Land the days, run the daily pipeline on a fresh Dagster instance, print its results; the exit code."""
+    """Land the days, run the daily pipeline on a fresh Dagster instance, print the results; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=int, default=4, help="days to land (the training window is 4 days)")
     parser.add_argument("--full", action="store_true", help="benchmark-size world: 250k impressions a day")
