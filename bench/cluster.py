@@ -23,8 +23,7 @@ from typing import Any
 
 import dagster as dg
 
-from discord_ml.cluster.local.nodes import ray_executable
-from discord_ml.cluster.local.processes import free_ports, group_alive
+from discord_ml.cluster.local.processes import free_ports, group_alive, ray_executable
 from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml.jobs.client import RayJobs

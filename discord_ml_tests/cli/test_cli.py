@@ -15,8 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from discord_ml.cli.main import app
-from discord_ml.cluster.local.nodes import cluster_dir_prefix
-from discord_ml.cluster.local.processes import processes_using
+from discord_ml.cluster.local.processes import cluster_dir_prefix, processes_using
 from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml_tests.support.hung import stacks_then_kill

@@ -16,8 +16,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from discord_ml.cluster.local.nodes import cluster_dir_prefix
-from discord_ml.cluster.local.processes import processes_using
+from discord_ml.cluster.local.processes import cluster_dir_prefix, processes_using
 from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.definitions import defs
 from discord_ml.orchestration.resources import cluster_name_for_run

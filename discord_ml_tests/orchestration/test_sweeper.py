@@ -7,8 +7,7 @@ import uuid
 import dagster as dg
 import pytest
 
-from discord_ml.cluster.local.nodes import cluster_dir_prefix
-from discord_ml.cluster.local.processes import processes_using
+from discord_ml.cluster.local.processes import cluster_dir_prefix, processes_using
 from discord_ml.cluster.local.provider import LocalRayProvider
 from discord_ml.cluster.spec import ClusterSpec
 from discord_ml.orchestration.resources import RayClusterResource

@@ -15,7 +15,6 @@ import secrets
 import shutil
 import signal
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +27,7 @@ from typing import Any
 
 from discord_ml.cluster.local.processes import (
     LOCALHOST,
+    cluster_dir_prefix,
     file_lock,
     free_ports,
     is_ours,
@@ -36,6 +36,7 @@ from discord_ml.cluster.local.processes import (
     log_tail,
     pid_alive,
     processes_using,
+    ray_executable,
     signal_group,
     spawn_detached,
     wait_gone,
@@ -52,22 +53,8 @@ class LocalClusterError(RuntimeError):
     """A local Ray cluster failed to start or stop; the message carries the log tail."""
 
 
-def cluster_dir_prefix(name: str, root: Path | None = None) -> Path:
-    """Where a cluster's directory starts: `<tmp>/dml-<uid>/<first 8 chars of name>-`.
-
-    Ray puts Unix sockets at `<temp dir>/session_<date>_<pid>/sockets/dash_MetricsHead`, and
-    AF_UNIX paths are limited to 107 bytes: the full cluster name does not fit.
-    """
-    base = root or Path(tempfile.gettempdir()) / f"dml-{os.getuid()}"
-    return base / f"{name[:8]}-"
-
-
-def ray_executable() -> str:
-    """The `ray` CLI of this interpreter's environment (never one found elsewhere on PATH)."""
-    candidate = Path(sys.executable).parent / "ray"
-    if not candidate.exists():
-        raise LocalClusterError(f"{candidate} not found; install discord_ml with its dependencies (ray[default])")
-    return str(candidate)
+class _HeadExitedError(LocalClusterError):
+    """The head exited while a worker was starting: only a whole new cluster can help."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +86,9 @@ class LocalRayCluster:
         self.temp_dir = self.dir / "r"
         self.token_file = self.dir / "auth_token"
         self.gcs_port = self.dashboard_port = self._client_port = 0
+        # Every port this cluster was given: some are bound late (the head's Ray Client server
+        # starts seconds after the head is up), so a later batch must not hand them out again.
+        self._ports: set[int] = set()
         self._node_timeout = get_settings().local_start_timeout_s
 
     # --- addresses ---------------------------------------------------------------------------
@@ -150,7 +140,9 @@ class LocalRayCluster:
         A node that exits or does not come up within `node_timeout` (default
         `DML_LOCAL_START_TIMEOUT_S`) is stopped and started again with fresh ports (the head also
         with a fresh temp dir), up to `attempts` times (default `DML_LOCAL_START_ATTEMPTS`): on a
-        busy machine Ray's fixed 30 s registration window is missed now and then. Starts are
+        busy machine Ray's fixed 30 s registration window is missed now and then. A head that
+        exits while a worker starts takes the whole cluster down and up again, within the same
+        number of attempts. Starts are
         serialized machine-wide (a file lock): raylets starting together race for ports and CPU.
         `on_launch` is called after each node is launched, so a registry can record what exists
         before the cluster is ready.
@@ -168,9 +160,7 @@ class LocalRayCluster:
         try:
             with file_lock(self.dir.parent / "start.lock", timeout=policy.node_timeout * policy.attempts * 2,
                            holder="another local cluster is starting"):  # fmt: skip
-                self._start_node("head", policy, on_launch)
-                for i in range(self.spec.workers):
-                    self._start_node(f"worker-{i}", policy, on_launch)
+                self._start_all(policy, on_launch)
         except TimeoutError as exc:
             self.stop()
             raise LocalClusterError(str(exc)) from None
@@ -179,11 +169,33 @@ class LocalRayCluster:
             raise
         return self
 
+    def _start_all(self, policy: _StartPolicy, on_launch: Callable[[LocalRayCluster], None] | None) -> None:
+        for attempt in range(1, policy.attempts + 1):
+            self._start_node("head", policy, on_launch)
+            try:
+                for i in range(self.spec.workers):
+                    self._start_node(f"worker-{i}", policy, on_launch)
+                return
+            except _HeadExitedError as exc:
+                while self.nodes:
+                    self._discard_last_node()
+                if attempt == policy.attempts:
+                    raise LocalClusterError(
+                        f"local cluster {self.spec.cluster_name!r}: the head exited while a worker started, "
+                        f"{attempt} time(s) ({load_summary()}).\nWhat to do: close other work on this machine "
+                        f"or ask for fewer workers; DML_LOCAL_START_ATTEMPTS is {policy.attempts}.\nLast attempt: {exc}"
+                    ) from None
+
+    def _take_ports(self, count: int) -> list[int]:
+        ports = free_ports(count, exclude=self._ports)
+        self._ports.update(ports)
+        return ports
+
     def _start_node(self, role: str, policy: _StartPolicy, on_launch: Callable[[LocalRayCluster], None] | None) -> None:
         began, failure = time.monotonic(), None
         for _ in range(policy.attempts):
             if role == "head":
-                self.gcs_port, self.dashboard_port, self._client_port = free_ports(3)
+                self.gcs_port, self.dashboard_port, self._client_port = self._take_ports(3)
                 expected = 1
                 args, what = self._head_args(), "the head's dashboard to list the head node as alive"
             else:
@@ -197,7 +209,7 @@ class LocalRayCluster:
                 failure = exc
                 self._discard_last_node()
                 if role != "head" and not pid_alive(self.nodes[0].pid):
-                    raise  # the head died: a new worker cannot help
+                    raise _HeadExitedError(str(exc)) from None
         waited = time.monotonic() - began
         raise LocalClusterError(
             f"local cluster {self.spec.cluster_name!r}: the {role} did not start after {policy.attempts} attempt(s) "
@@ -277,7 +289,7 @@ class LocalRayCluster:
     def _common_args(self, memory: str, cpus: int, gpus: int) -> list[str]:
         memory_bytes = int(parse_quantity(memory))
         object_store = max(_MIN_OBJECT_STORE, int(memory_bytes * _OBJECT_STORE_FRACTION))
-        node_manager, object_manager, metrics, agent, agent_grpc, runtime_env = free_ports(6)
+        node_manager, object_manager, metrics, agent, agent_grpc, runtime_env = self._take_ports(6)
         return [
             "--block",
             f"--node-ip-address={LOCALHOST}",

@@ -11,8 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 LOCALHOST = "127.0.0.1"
@@ -26,21 +27,25 @@ def _ephemeral_floor() -> int:
         return 32768
 
 
-def free_ports(count: int) -> list[int]:
+def free_ports(count: int, *, exclude: Collection[int] = ()) -> list[int]:
     """`count` distinct TCP ports free on 127.0.0.1, chosen *below* the kernel's ephemeral range.
 
     Ports from `bind(0)` are ephemeral: the kernel may hand them out again as the source port of
     an outgoing connection (Ray makes many) before our raylet binds them. Holding every probe
-    socket until the batch is complete keeps the batch free of repeats.
+    socket until the batch is complete keeps the batch free of repeats; `exclude` keeps out ports
+    handed out earlier that their process has not bound yet.
     """
     rng = random.SystemRandom()
     high = min(_ephemeral_floor(), 65535)
     held: list[socket.socket] = []
     try:
         while len(held) < count:
+            port = rng.randrange(_PORT_FLOOR, high)
+            if port in exclude:
+                continue
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                sock.bind((LOCALHOST, rng.randrange(_PORT_FLOOR, high)))
+                sock.bind((LOCALHOST, port))
             except OSError:
                 sock.close()
                 continue
@@ -49,6 +54,24 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in held:
             sock.close()
+
+
+def cluster_dir_prefix(name: str, root: Path | None = None) -> Path:
+    """Where a cluster's directory starts: `<tmp>/dml-<uid>/<first 8 chars of name>-`.
+
+    Ray puts Unix sockets at `<temp dir>/session_<date>_<pid>/sockets/dash_MetricsHead`, and
+    AF_UNIX paths are limited to 107 bytes: the full cluster name does not fit.
+    """
+    base = root or Path(tempfile.gettempdir()) / f"dml-{os.getuid()}"
+    return base / f"{name[:8]}-"
+
+
+def ray_executable() -> str:
+    """The `ray` CLI of this interpreter's environment (never one found elsewhere on PATH)."""
+    candidate = Path(sys.executable).parent / "ray"
+    if not candidate.exists():
+        raise FileNotFoundError(f"{candidate} not found; install discord_ml with its dependencies (ray[default])")
+    return str(candidate)
 
 
 def _cmdline(pid: int | str) -> str | None:

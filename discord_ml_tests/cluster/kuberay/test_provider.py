@@ -11,8 +11,7 @@ import pytest
 
 from discord_ml.cluster.kuberay import provider as kuberay_module
 from discord_ml.cluster.kuberay.provider import KubeRayProvider
-from discord_ml.cluster.local.nodes import cluster_dir_prefix
-from discord_ml.cluster.local.processes import processes_using
+from discord_ml.cluster.local.processes import cluster_dir_prefix, processes_using
 from discord_ml.cluster.provider import (
     ClusterError,
     ClusterNotFoundError,

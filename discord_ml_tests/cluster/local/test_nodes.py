@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from discord_ml.cluster.local.nodes import LocalClusterError, LocalRayCluster, ray_executable
-from discord_ml.cluster.local.processes import pid_alive, processes_using
+from discord_ml.cluster.local.nodes import LocalClusterError, LocalRayCluster
+from discord_ml.cluster.local.processes import pid_alive, processes_using, ray_executable
 from discord_ml.cluster.spec import ClusterSpec
 
 pytestmark = pytest.mark.slow
@@ -55,11 +55,16 @@ def test_two_clusters_coexist_and_stop_independently() -> None:
     assert processes_using(str(b.temp_dir)) == []
 
 
-def _flaky_ray(tmp_path: Path, *, role_flag: str, fails: int, hang: bool = False) -> tuple[str, Path]:
-    """A `ray` that fails (or hangs) its first `fails` starts of nodes whose arguments contain
-    `role_flag`, then runs the real one; and the file counting those starts."""
+_KILL_THE_HEAD = (
+    'for a in "$@"; do case $a in --address=*) gcs=${a##*:};; esac; done; pkill -KILL -f -- "--port=$gcs( |$)"; exit 1'
+)
+
+
+def _flaky_ray(tmp_path: Path, *, role_flag: str, fails: int, hang: bool = False, fault: str = "") -> tuple[str, Path]:
+    """A `ray` that fails (or hangs, or runs `fault`) its first `fails` starts of nodes whose
+    arguments contain `role_flag`, then runs the real one; and the file counting those starts."""
     real, count = ray_executable(), tmp_path / "starts"
-    fault = "exec sleep 3600" if hang else 'echo "injected start-up failure" >&2; exit 1'
+    fault = fault or ("exec sleep 3600" if hang else 'echo "injected start-up failure" >&2; exit 1')
     wrapper = tmp_path / "ray"
     wrapper.write_text(
         "#!/bin/bash\n"
@@ -96,6 +101,29 @@ def test_a_head_that_hangs_is_restarted_with_fresh_ports(tmp_path: Path) -> None
         assert hung_port != port, "the second head must get fresh ports"
         assert not pid_alive(hung_pid), "the hung attempt must be killed"
         assert [n.pid for n in cluster.nodes] == [pid] and cluster.alive_nodes() == 1
+    finally:
+        cluster.stop()
+    assert processes_using(str(cluster.temp_dir)) == []
+
+
+def test_a_head_that_exits_while_a_worker_starts_brings_up_a_whole_new_cluster(tmp_path: Path) -> None:
+    # As when another process takes the port of the head's late-starting Ray Client server.
+    ray, starts = _flaky_ray(tmp_path, role_flag="--address=", fails=1, fault=_KILL_THE_HEAD)
+    heads: list[tuple[int, int]] = []  # (gcs port, pid) of each head launched
+    spec = ClusterSpec.build(name="retry-all", owner="pytest", workers=1, head_memory="1Gi")
+    cluster = LocalRayCluster(spec, ray=ray)
+
+    def on_launch(c: LocalRayCluster) -> None:
+        if c.nodes[-1].role == "head":
+            heads.append((c.gcs_port, c.nodes[-1].pid))
+
+    cluster.start(attempts=3, on_launch=on_launch)
+    try:
+        assert starts.read_text().strip() == "2"
+        (first_port, first_pid), (port, pid) = heads
+        assert first_port != port and not pid_alive(first_pid)
+        assert [n.role for n in cluster.nodes] == ["head", "worker-0"] and cluster.nodes[0].pid == pid
+        assert cluster.alive_nodes() == 2
     finally:
         cluster.stop()
     assert processes_using(str(cluster.temp_dir)) == []
