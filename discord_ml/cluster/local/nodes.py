@@ -142,8 +142,8 @@ class LocalRayCluster:
         with a fresh temp dir), up to `attempts` times (default `DML_LOCAL_START_ATTEMPTS`): on a
         busy machine Ray's fixed 30 s registration window is missed now and then. A head that
         exits while a worker starts takes the whole cluster down and up again, within the same
-        number of attempts. Starts are
-        serialized machine-wide (a file lock): raylets starting together race for ports and CPU.
+        number of attempts. Starts are serialized machine-wide (a file lock): raylets starting
+        together race for ports and CPU.
         `on_launch` is called after each node is launched, so a registry can record what exists
         before the cluster is ready.
 
