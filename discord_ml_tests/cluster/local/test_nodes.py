@@ -55,16 +55,18 @@ def test_two_clusters_coexist_and_stop_independently() -> None:
     assert processes_using(str(b.temp_dir)) == []
 
 
+# What a flaky `ray` does instead of starting a node.
+_EXIT = 'echo "injected start-up failure" >&2; exit 1'
+_HANG = "exec sleep 3600"
 _KILL_THE_HEAD = (
     'for a in "$@"; do case $a in --address=*) gcs=${a##*:};; esac; done; pkill -KILL -f -- "--port=$gcs( |$)"; exit 1'
 )
 
 
-def _flaky_ray(tmp_path: Path, *, role_flag: str, fails: int, hang: bool = False, fault: str = "") -> tuple[str, Path]:
-    """A `ray` that fails (or hangs, or runs `fault`) its first `fails` starts of nodes whose
-    arguments contain `role_flag`, then runs the real one; and the file counting those starts."""
+def _flaky_ray(tmp_path: Path, *, role_flag: str, fails: int, fault: str = _EXIT) -> tuple[str, Path]:
+    """A `ray` that runs `fault` instead of its first `fails` starts of nodes whose arguments
+    contain `role_flag`, then runs the real one; and the file counting those starts."""
     real, count = ray_executable(), tmp_path / "starts"
-    fault = fault or ("exec sleep 3600" if hang else 'echo "injected start-up failure" >&2; exit 1')
     wrapper = tmp_path / "ray"
     wrapper.write_text(
         "#!/bin/bash\n"
@@ -89,7 +91,7 @@ def test_a_worker_that_exits_during_start_up_is_started_again(tmp_path: Path) ->
 
 
 def test_a_head_that_hangs_is_restarted_with_fresh_ports(tmp_path: Path) -> None:
-    ray, starts = _flaky_ray(tmp_path, role_flag="--head", fails=1, hang=True)
+    ray, starts = _flaky_ray(tmp_path, role_flag="--head", fails=1, fault=_HANG)
     launched: list[tuple[int, int]] = []  # (gcs port, pid) of each head launched
     spec = ClusterSpec.build(name="retry-head", owner="pytest", workers=0, head_memory="1Gi")
     cluster = LocalRayCluster(spec, ray=ray)
