@@ -15,6 +15,8 @@ from discord_ml.cluster.spec import ClusterSpec
 from discord_ml_tests.support.k8s_emulator import KubeEmulator, serve
 from discord_ml_tests.support.schemas import require_crds
 
+pytest_plugins = ["discord_ml_tests.support.tiers", "pytester"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Let Ctrl-C reach the processes the tests start.
@@ -55,6 +57,17 @@ def kuberay_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Kub
     """The Kubernetes API emulator, with the kuberay backend pointed at it as a user would (KUBECONFIG)."""
     require_crds()
     with serve(tmp_path) as (emulator, kubeconfig):
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        monkeypatch.setenv("DML_KUBERAY_DASHBOARD", "service-ip")
+        yield emulator
+
+
+@pytest.fixture
+def kube_status_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeEmulator]:
+    """The emulator in status-only mode (its operator marks clusters ready and starts no Ray), with the
+    kuberay backend pointed at it (KUBECONFIG): the API's behaviour, for the unit tier."""
+    require_crds()
+    with serve(tmp_path, mode="status") as (emulator, kubeconfig):
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         monkeypatch.setenv("DML_KUBERAY_DASHBOARD", "service-ip")
         yield emulator

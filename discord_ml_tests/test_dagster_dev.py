@@ -20,7 +20,7 @@ QUERY = """{ workspaceOrError { __typename ... on Workspace { locationEntries { 
   locationOrLoadError { __typename ... on PythonError { message }
     ... on RepositoryLocation { repositories { jobs { name } } } } } } } }"""
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def _graphql(port: int) -> dict[str, object]:

@@ -23,6 +23,7 @@ def test_definitions_wire_the_platform_job() -> None:
     assert defs.resolve_assets_def("ray_cluster_check").key == dg.AssetKey("ray_cluster_check")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("home", ["project", "unset"])
 def test_dagster_definitions_validate_passes(tmp_path: Path, home: str) -> None:
     """With the scripts' DAGSTER_HOME, and in a plain shell where it is unset."""
@@ -43,6 +44,7 @@ def test_dagster_definitions_validate_passes(tmp_path: Path, home: str) -> None:
     assert "Validation successful" in result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_code_location_import_does_not_load_heavy_libraries() -> None:
     probe = (
         "import json, sys; import discord_ml.definitions, discord_ml.cli.main; "

@@ -173,7 +173,7 @@ def _grants_used(requests: list[tuple[str, str]]) -> tuple[set[Grant], list[str]
     return used, cluster_wide
 
 
-def test_role_covers_every_call_the_provider_makes(kuberay_api: KubeEmulator) -> None:
+def test_role_covers_every_call_the_provider_makes(kube_status_api: KubeEmulator) -> None:
     provider = KubeRayProvider()
     spec = ClusterSpec.build(name="rbac-probe", owner="pytest", workers=1, head_memory="1Gi")
     assert provider.preflight(spec) == []  # the resource's and the CLI's capacity check
@@ -186,7 +186,7 @@ def test_role_covers_every_call_the_provider_makes(kuberay_api: KubeEmulator) ->
     finally:
         provider.delete("rbac-probe")
     granted = _rules("Role", "discord-ml-ray-manager")
-    used, cluster_wide = _grants_used(kuberay_api.requests)
+    used, cluster_wide = _grants_used(kube_status_api.requests)
     # Nodes are cluster-scoped: the one call a Role cannot grant, granted by the node-reader ClusterRole.
     assert cluster_wide == ["GET /api/v1/nodes"], "the provider called non-namespaced endpoints a Role cannot grant"
     assert _rules("ClusterRole", "discord-ml-node-reader") == {("", "nodes"): {"list"}}
@@ -232,11 +232,11 @@ def _get_json(url: str, headers: dict[str, str]) -> Any:
         return json.load(response)
 
 
-def test_xray_grants_cover_every_call_its_provider_makes(kuberay_api: KubeEmulator) -> None:
+def test_xray_grants_cover_every_call_its_provider_makes(kube_status_api: KubeEmulator) -> None:
     provider = KubeRayProvider()
     provider.create(ClusterSpec.build(name="xray-probe", owner="pytest", workers=1, head_memory="1Gi"))
     provider.wait_ready("xray-probe", timeout=120)
-    kuberay_api.requests.clear()  # from here on: what X-Ray does
+    kube_status_api.requests.clear()  # from here on: what X-Ray does
     provider.list()
     provider.get("xray-probe")
     provider.events("xray-probe")
@@ -249,7 +249,7 @@ def test_xray_grants_cover_every_call_its_provider_makes(kuberay_api: KubeEmulat
         _rules("ClusterRole", "discord-ml-xray-reader"),
         _rules("ClusterRole", "discord-ml-xray-operator"),
     )
-    used, cluster_wide = _grants_used(kuberay_api.requests)
+    used, cluster_wide = _grants_used(kube_status_api.requests)
     assert cluster_wide == ["GET /apis/ray.io/v1/rayclusters"]  # listing every namespace: the reader ClusterRole
     assert {("ray.io", "rayclusters", "delete"), ("", "secrets", "get"), ("", "events", "list")} <= used
     missing = sorted(u for u in used if u[2] not in reader.get((u[0], u[1]), set()) | operator.get((u[0], u[1]), set()))

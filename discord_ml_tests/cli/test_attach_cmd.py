@@ -31,7 +31,7 @@ def _user_env(owner: str, **extra: str) -> dict[str, str]:
     return {**clean, "DML_OWNER": owner, "RAY_USAGE_STATS_ENABLED": "0", **extra}
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_cluster_env_is_all_the_ray_cli_and_ray_init_need(tmp_path: Path) -> None:
     provider = LocalRayProvider()
     provider.create(ClusterSpec.build(name="cli-env", owner="alice", workers=0, head_memory="1Gi"))
@@ -130,7 +130,7 @@ def _read_env_block(proc: subprocess.Popen[str], count: int = 4, timeout: float 
     return env
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_session_forwards_a_kuberay_cluster_to_the_laptop_until_ctrl_c(
     kuberay_api: KubeEmulator, tmp_path: Path
 ) -> None:

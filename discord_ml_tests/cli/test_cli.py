@@ -31,7 +31,7 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     return CliRunner()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_create_list_submit_delete(runner: CliRunner) -> None:
     result = runner.invoke(app, ["cluster", "create", "cli-a", "--pool", "cpu", "--workers", "1", "--purpose", "train"])
     assert result.exit_code == 0, result.output
@@ -65,7 +65,7 @@ def test_create_list_submit_delete(runner: CliRunner) -> None:
     assert processes_using(str(cluster_dir_prefix("cli-a"))) == []
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_delete_refuses_another_owners_cluster_without_force(runner: CliRunner) -> None:
     LocalRayProvider().create(ClusterSpec.build(name="cli-bob", owner="bob", workers=0, head_memory="1Gi"))
     try:
@@ -78,7 +78,7 @@ def test_delete_refuses_another_owners_cluster_without_force(runner: CliRunner) 
         LocalRayProvider().delete("cli-bob")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_ephemeral_submit_leaves_nothing_also_on_sigint(tmp_path: Path) -> None:
     env = {**os.environ, "DML_OWNER": "alice"}
     ephemeral = [*DML, "job", "submit", "--pool", "cpu", "--workers", "1", "--", "python", "-c"]
@@ -160,6 +160,7 @@ def test_dry_run_prints_valid_hardened_manifests(runner: CliRunner) -> None:
     assert LocalRayProvider().list() == []
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("argv", [["--help"], ["cluster", "create", "--pool", "cpu", "--dry-run"], ["pools"]])
 def test_fast_paths_import_no_heavy_library(argv: list[str]) -> None:
     probe = (
@@ -194,7 +195,7 @@ def test_kuberay_create_list_all_namespaces_delete(runner: CliRunner, kuberay_ap
     assert kube.ray_clusters() == ["kr-b"]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_notebook_runs_jupyterlab_attached_to_the_cluster() -> None:
     import urllib.request
 

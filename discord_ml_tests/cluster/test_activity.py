@@ -20,7 +20,7 @@ from discord_ml.xray.notebooks import NotebookSessions
 from discord_ml_tests.support.jupyter import busy_kernel
 from discord_ml_tests.support.k8s_emulator import KubeEmulator
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def _start_job(provider: ClusterProvider, name: str) -> tuple[object, str]:

@@ -90,7 +90,7 @@ def test_archiving_is_bounded_records_what_failed_and_never_raises(tmp_path: Pat
     assert time.monotonic() - started < 10
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_deleted_clusters_job_logs_read_back_through_the_cli_and_xray(tmp_path: Path) -> None:
     provider = LocalRayProvider()
     provider.create(ClusterSpec.build(name="archived-run", owner="alice", workers=0, head_memory="1Gi"))

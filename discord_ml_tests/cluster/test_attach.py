@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from discord_ml.cluster.attach import ray_env, render, token_file
 from discord_ml.cluster.provider import ClusterConnection
 
@@ -40,6 +42,7 @@ def test_kuberay_clients_use_ray_client_and_the_head_service(tmp_path: Path) -> 
     }
 
 
+@pytest.mark.integration
 def test_each_shell_reads_back_what_was_printed(tmp_path: Path) -> None:
     env = ray_env(KUBERAY, tmp_path / "a dir with 'quotes'" / "t")
     echo = " ".join(f'"${key}"' for key in env)

@@ -19,7 +19,7 @@ from discord_ml.jobs.client import RayJobs
 from discord_ml_tests.support.k8s_emulator import serve
 from discord_ml_tests.support.schemas import require_crds
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(params=["local", "kuberay"])

@@ -14,7 +14,7 @@ from discord_ml.cluster.local.nodes import LocalRayCluster
 from discord_ml.jobs.client import RayJobFailedError, RayJobs
 from discord_ml_tests.support.hung import stacks_then_kill
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def test_lines_are_streamed_in_order(local_cluster: LocalRayCluster) -> None:

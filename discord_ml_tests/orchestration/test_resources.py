@@ -23,7 +23,7 @@ from discord_ml.orchestration.resources import cluster_name_for_run
 from discord_ml_tests.support.dagster_jobs import MARKER, failing_job
 from discord_ml_tests.support.k8s_emulator import KubeEmulator
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def _no_processes_left(cluster: str) -> bool:

@@ -14,7 +14,7 @@ from discord_ml.orchestration.resources import RayClusterResource
 from discord_ml.orchestration.sweeper import ray_cluster_sweeper
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_sensor_deletes_the_orphan_and_keeps_the_live_runs_cluster(dagster_instance: dg.DagsterInstance) -> None:
     provider = LocalRayProvider()
     finished, running = str(uuid.uuid4()), str(uuid.uuid4())

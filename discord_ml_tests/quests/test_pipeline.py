@@ -29,7 +29,7 @@ from discord_ml.quests.model_registry import ModelRegistry
 from discord_ml.quests.tasks.prep import prep_in_process
 from discord_ml_tests.support.quests import DEMO_WORLD, START, tiny
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture

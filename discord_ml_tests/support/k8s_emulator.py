@@ -45,6 +45,8 @@ _PATH = re.compile(
     r"^/(?:api/v1|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
     r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>status|portforward))?$"
 )
+# Nothing listens there: a status-only cluster's dashboard refuses connections at once.
+UNSERVED_PORT = 1
 UNSCHEDULABLE = (
     "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: "
     "3 No preemption victims found for incoming pod."
@@ -66,8 +68,8 @@ class KubeEmulator:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.lock = threading.RLock()
-        self.modes: dict[str, str] = {}  # cluster name -> "pending" | "fail_head"
-        self.default_mode = "run"
+        self.modes: dict[str, str] = {}  # cluster name -> "pending" | "fail_head" | "status" | "run"
+        self.default_mode = "run"  # "status": clusters and pods are marked ready, no process runs
         self.transient_failures: list[int] = []  # statuses to answer the next requests with
         self.requests: list[tuple[str, str]] = []
         self.ray: dict[tuple[str, str], LocalRayCluster] = {}
@@ -128,6 +130,11 @@ class KubeEmulator:
                 "lastTransitionTime": _now()})  # fmt: skip
             cluster["status"]["state"] = "failed"
             return
+        if mode == "status":  # the operator's bookkeeping only, no Ray behind it: the unit tier's mode
+            ports = {"gcs-server": UNSERVED_PORT, "dashboard": UNSERVED_PORT, "client": 10001, "metrics": 8080}
+            with self.lock:
+                self._ready(namespace, name, pod, ports)
+            return
         token_secret = spec.get("authOptions", {}).get("secretName", name)
         secret = self.objects.get(("secrets", namespace, token_secret))
         token = base64.b64decode(secret["data"]["auth_token"]).decode() if secret else None
@@ -139,25 +146,35 @@ class KubeEmulator:
                 ray.stop()
                 return
             self.ray[(namespace, name)] = ray
-            pod["status"] = {
-                "phase": "Running",
-                "podIP": "127.0.0.1",
-                "conditions": [{"type": "Ready", "status": "True"}],
-            }
-            ports = {"gcs-server": ray.gcs_port, "dashboard": ray.dashboard_port, "client": 10001, "metrics": 8080}
-            self.put("services", {"apiVersion": "v1", "metadata": {"name": f"{name}-head-svc", "namespace": namespace,
-                     "labels": {"ray.io/cluster": name}}, "spec": {"clusterIP": "127.0.0.1", "type": "ClusterIP",
-                     "ports": [{"name": k, "port": v, "protocol": "TCP"} for k, v in ports.items()]}})  # fmt: skip
-            cluster["status"] = {
-                "state": "ready", "desiredWorkerReplicas": desired, "readyWorkerReplicas": desired,
-                "availableWorkerReplicas": desired, "head": {"serviceIP": "127.0.0.1", "podIP": "127.0.0.1"},
-                "endpoints": {k: str(v) for k, v in ports.items()},
-                "conditions": [{"type": t, "status": "True", "reason": t, "message": "", "lastTransitionTime": _now()}
-                               for t in ("HeadPodReady", "RayClusterProvisioned")],
-            }  # fmt: skip
+            self._ready(namespace, name, pod, {"gcs-server": ray.gcs_port, "dashboard": ray.dashboard_port,
+                                               "client": 10001, "metrics": 8080})  # fmt: skip
+
+    def _ready(self, namespace: str, name: str, pod: dict[str, Any], ports: dict[str, int]) -> None:
+        """Mark a RayCluster, its head pod and its head service ready, as the operator does."""
+        cluster = self.objects.get(("rayclusters", namespace, name))
+        if cluster is None:  # deleted meanwhile
+            return
+        desired = cluster["status"]["desiredWorkerReplicas"]
+        pod["status"] = {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
+        self.put("services", {"apiVersion": "v1", "metadata": {"name": f"{name}-head-svc", "namespace": namespace,
+                 "labels": {"ray.io/cluster": name}}, "spec": {"clusterIP": "127.0.0.1", "type": "ClusterIP",
+                 "ports": [{"name": k, "port": v, "protocol": "TCP"} for k, v in ports.items()]}})  # fmt: skip
+        cluster["status"] = {
+            "state": "ready", "desiredWorkerReplicas": desired, "readyWorkerReplicas": desired,
+            "availableWorkerReplicas": desired, "head": {"serviceIP": "127.0.0.1", "podIP": "127.0.0.1"},
+            "endpoints": {k: str(v) for k, v in ports.items()},
+            "conditions": [{"type": t, "status": "True", "reason": t, "message": "", "lastTransitionTime": _now()}
+                           for t in ("HeadPodReady", "RayClusterProvisioned")],
+        }  # fmt: skip
 
     def _run_pod(self, namespace: str, name: str) -> None:
         """The kubelet's part for a notebook pod: run its container, then mark it Running and Ready."""
+        if self.default_mode == "status":  # no process: the pod is only marked running
+            with self.lock:
+                if ("pods", namespace, name) in self.objects:
+                    self.objects[("pods", namespace, name)]["status"] = {"phase": "Running", "podIP": "127.0.0.1",
+                        "conditions": [{"type": "Ready", "status": "True"}]}  # fmt: skip
+            return
         with self.lock:
             pod = copy.deepcopy(self.objects[("pods", namespace, name)])
             secrets = {o["metadata"]["name"]: o for o in self.find("secrets", namespace)}
@@ -353,9 +370,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve(tmp_path: Path) -> Iterator[tuple[KubeEmulator, Path]]:
-    """Run an emulator on 127.0.0.1; yield it and a kubeconfig file that points at it."""
+def serve(tmp_path: Path, mode: str = "run") -> Iterator[tuple[KubeEmulator, Path]]:
+    """Run an emulator on 127.0.0.1; yield it and a kubeconfig file that points at it.
+
+    `mode` is the operator's default: `run` starts a real local Ray cluster per RayCluster and a
+    process per pod; `status` only marks them ready (no process: the unit tier).
+    """
     emulator = KubeEmulator()
+    emulator.default_mode = mode
     handler = type("Handler", (_Handler,), {"emulator": emulator})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -28,7 +28,7 @@ from discord_ml.xray.config import XRayConfig
 from discord_ml_tests.support.k8s_emulator import KubeEmulator
 from discord_ml_tests.xray.conftest import XRayWorld, make_app
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 ALICE = {"X-Forwarded-User": "alice"}
 BOB = {"X-Forwarded-User": "bob"}

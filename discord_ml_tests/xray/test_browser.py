@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, 
 from discord_ml.jobs.client import RayJobs
 from discord_ml_tests.xray.conftest import XRayWorld
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 CHROMIUM = os.environ.get("DML_CHROMIUM", "/usr/bin/chromium")
 SHOTS = os.environ.get("DML_XRAY_SCREENSHOTS")

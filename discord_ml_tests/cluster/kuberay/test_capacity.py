@@ -68,9 +68,9 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 
 def test_cli_refuses_a_cluster_the_quota_cannot_hold_and_creates_nothing(
-    runner: CliRunner, kuberay_api: KubeEmulator
+    runner: CliRunner, kube_status_api: KubeEmulator
 ) -> None:
-    kuberay_api.put("resourcequotas", _quota("ml-compute", {"requests.nvidia.com/gpu": "64"},
+    kube_status_api.put("resourcequotas", _quota("ml-compute", {"requests.nvidia.com/gpu": "64"},
                                              {"requests.nvidia.com/gpu": "56"}))  # fmt: skip
     args = ["cluster", "create", "big", "--gpus", "h100:8", "--workers", "2", "-b", "kuberay"]
     refused = runner.invoke(app, args)
@@ -79,28 +79,28 @@ def test_cli_refuses_a_cluster_the_quota_cannot_hold_and_creates_nothing(
     assert "--allow-pending" in refused.output
     dry = runner.invoke(app, [*args, "--dry-run"])
     assert dry.exit_code == 2 and "quota ml-compute leaves 8" in dry.output
-    assert [r for r in kuberay_api.requests if r[0] != "GET"] == []  # nothing created
-    kuberay_api.modes["big"] = "pending"  # the emulator's operator leaves it unschedulable, as it would be
+    assert [r for r in kube_status_api.requests if r[0] != "GET"] == []  # nothing created
+    kube_status_api.modes["big"] = "pending"  # the emulator's operator leaves it unschedulable, as it would be
     allowed = runner.invoke(app, [*args, "--allow-pending", "--no-wait"])
     assert allowed.exit_code == 0, allowed.output
-    assert "warning: cluster 'big' cannot fit now" in allowed.output and kuberay_api.ray_clusters() == ["big"]
+    assert "warning: cluster 'big' cannot fit now" in allowed.output and kube_status_api.ray_clusters() == ["big"]
     runner.invoke(app, ["cluster", "delete", "big", "--yes", "-b", "kuberay"])
 
 
-def test_cli_refuses_workers_no_node_can_hold(runner: CliRunner, kuberay_api: KubeEmulator) -> None:
-    kuberay_api.put("nodes", _node("cpu-1", "cpu", cpu="4", memory="16Gi"))
+def test_cli_refuses_workers_no_node_can_hold(runner: CliRunner, kube_status_api: KubeEmulator) -> None:
+    kube_status_api.put("nodes", _node("cpu-1", "cpu", cpu="4", memory="16Gi"))
     refused = runner.invoke(app, ["cluster", "create", "wide", "--pool", "cpu", "--workers", "2", "--cpu", "8",
                                   "-b", "kuberay"])  # fmt: skip
     assert refused.exit_code == 2
     assert "cpu-workers: needs 2 pod(s) of 8 cpu, 2Gi memory" in refused.output
     assert "hold 0 (largest: 4 cpu, 16Gi memory)" in refused.output
-    assert [r for r in kuberay_api.requests if r[0] != "GET"] == []
+    assert [r for r in kube_status_api.requests if r[0] != "GET"] == []
 
 
 def test_a_run_whose_cluster_cannot_fit_fails_at_once_naming_the_shortfall(
-    dagster_instance: dg.DagsterInstance, kuberay_api: KubeEmulator
+    dagster_instance: dg.DagsterInstance, kube_status_api: KubeEmulator
 ) -> None:
-    kuberay_api.put("resourcequotas", _quota("ml-compute", {"requests.cpu": "4"}, {"requests.cpu": "3"}))
+    kube_status_api.put("resourcequotas", _quota("ml-compute", {"requests.cpu": "4"}, {"requests.cpu": "3"}))
     config = {"resources": {"ray_cluster": {"config": {"backend": "kuberay", "workers": 1}}}}
     result = defs.resolve_job_def("platform_check").execute_in_process(
         instance=dagster_instance, run_config=config, raise_on_error=False
@@ -109,4 +109,4 @@ def test_a_run_whose_cluster_cannot_fit_fails_at_once_naming_the_shortfall(
     [failure] = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
     message = str(failure.step_failure_data.error)
     assert "cannot fit now" in message and "cpu, quota ml-compute leaves 1 in ml" in message
-    assert [r for r in kuberay_api.requests if r[0] != "GET"] == []  # no cluster, no Secret
+    assert [r for r in kube_status_api.requests if r[0] != "GET"] == []  # no cluster, no Secret

@@ -75,7 +75,7 @@ def test_notebook_pod_names_are_dns_labels_and_distinct(owner: str) -> None:
     assert name != notebook_pod_name("a" * 47, owner + "2")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_notebook_pod_is_created_reached_listed_and_deleted_with_its_cluster(kuberay_api: KubeEmulator) -> None:
     provider = KubeRayProvider()
     provider.create(ClusterSpec.build(name="kr-nb", owner="alice", workers=1, head_memory="1Gi"))

@@ -34,7 +34,7 @@ def _spec(name: str, namespace: str = "ml", **extra: Any) -> ClusterSpec:
     return ClusterSpec.build(name=name, namespace=namespace, owner="alice", team="ads", workers=1, **extra)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_what_it_sends_and_namespaces(cluster_api: tuple[KubeEmulator, KubeRayProvider]) -> None:
     """What the contract suite cannot see: the objects sent, several namespaces, the head service."""
     emulator, provider = cluster_api

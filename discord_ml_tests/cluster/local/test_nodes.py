@@ -13,7 +13,7 @@ from discord_ml.cluster.local.nodes import LocalClusterError, LocalRayCluster
 from discord_ml.cluster.local.processes import pid_alive, processes_using, ray_executable
 from discord_ml.cluster.spec import ClusterSpec
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def test_session_cluster_has_head_and_workers(local_cluster: LocalRayCluster) -> None:

@@ -19,7 +19,7 @@ from discord_ml.cluster.provider import (
 )
 from discord_ml.cluster.spec import ClusterSpec
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def test_a_new_provider_sees_the_cluster_and_deletes_every_node(tmp_path: Path) -> None:

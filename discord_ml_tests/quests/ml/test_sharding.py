@@ -91,7 +91,7 @@ def _rank(rank: int, world: int, port: int, directory: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_workers_each_hold_half_of_a_big_table_and_the_checkpoint_is_the_plain_model(tmp_path: Path) -> None:
     from discord_ml.quests.tasks.train import unshard_checkpoint
 

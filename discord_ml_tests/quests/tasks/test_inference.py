@@ -62,7 +62,7 @@ def test_parts_cover_every_row_once_with_two_per_actor(tmp_path: Path) -> None:
     assert covered == sorted((str(tmp_path / f"{n}.parquet"), r) for n in ("a", "b") for r in range(1000))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_actor_pool_gives_exactly_the_top_k_of_one_process(local_cluster: LocalRayCluster, tmp_path: Path) -> None:
     lake = Lake(str(tmp_path / "lake"))
     generate(lake, days=3, config=tiny())
