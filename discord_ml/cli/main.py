@@ -16,7 +16,7 @@ import typer
 import yaml
 
 from discord_ml.cli import cluster_cmd, data_cmd, job_cmd, notebook_cmd, ui_cmd, usage_cmd
-from discord_ml.cli.common import Backend, Output, check_output, fail, print_json, print_table, provider
+from discord_ml.cli.common import USAGE_ERROR, Backend, Output, check_output, fail, print_json, print_table, provider
 
 app = typer.Typer(
     help="discord_ml: hardened Ray clusters from a few parameters, Ray jobs, logs, teardown.",
@@ -101,7 +101,13 @@ def main() -> None:
     """Console-script entry point."""
     # `kill -USR1 PID` prints every thread's stack to stderr: how to see where a stuck `dml` waits.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    app()
+    from discord_ml.cluster.provider import ClusterError
+
+    try:
+        app()
+    except ClusterError as exc:  # no usable cluster, a refused call: one line, not a traceback
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(USAGE_ERROR)
 
 
 if __name__ == "__main__":

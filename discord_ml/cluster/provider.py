@@ -42,6 +42,14 @@ class ClusterNotReadyError(ClusterError, TimeoutError):
     """A cluster did not become ready in time; the message says why (the pending reason)."""
 
 
+class ClusterUnavailableError(ClusterError):
+    """The backend cannot be reached or used at all (no kubeconfig, API down, credentials rejected)."""
+
+
+class ClusterForbiddenError(ClusterError):
+    """The backend refused one call to this identity; the message names the verb and resource."""
+
+
 class CapacityError(ClusterError):
     """A cluster cannot fit (quota or nodes); the message says what is short and by how much."""
 

@@ -38,6 +38,7 @@ FIXTURE_TIERS = {
     "dagster_instance": "integration",  # a real Dagster instance, for runs executed in process
     "xray_world": "integration",  # real local clusters behind X-Ray
     "browser": "e2e",  # Chromium driven by Playwright
+    "testbed": "kube",  # the real control plane and KubeRay operator (support/kube)
 }
 # Set in every process the suite starts (inherited through daemonizing), so the leftover check
 # finds exactly this session's processes and nobody else's.

@@ -16,9 +16,7 @@ import base64
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
-import os
 import secrets
 import threading
 import time
@@ -34,6 +32,7 @@ from discord_ml.cluster.conventions import (
     RAY_CLIENT_PORT,
 )
 from discord_ml.cluster.kuberay import capacity
+from discord_ml.cluster.kuberay.client import api_error, load_config
 from discord_ml.cluster.kuberay.manifests import (
     auth_secret_name_for,
     build_auth_secret,
@@ -43,14 +42,16 @@ from discord_ml.cluster.kuberay.manifests import (
 from discord_ml.cluster.kuberay.portforward import OpenStream, PortForward
 from discord_ml.cluster.kuberay.security import ensure_secure
 from discord_ml.cluster.kuberay.status import cluster_info
+from discord_ml.cluster.kuberay.writes import Write, create_all
 from discord_ml.cluster.provider import (
     ClusterConnection,
     ClusterError,
     ClusterEvent,
-    ClusterExistsError,
+    ClusterForbiddenError,
     ClusterInfo,
     ClusterNotFoundError,
     ClusterStatus,
+    ClusterUnavailableError,
     Progress,
     poll_until_ready,
 )
@@ -87,11 +88,7 @@ class KubeRayProvider:
         """
         import kubernetes
 
-        if kubeconfig is None and _in_cluster():
-            kubernetes.config.load_incluster_config()
-        else:
-            # The client reads $KUBECONFIG once, at import; read it now so a changed value counts.
-            kubernetes.config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"))
+        self.kubeconfig = load_config(kubernetes, kubeconfig)
         # The client's generated return types are loose unions; we read documented fields.
         self._k8s: Any = kubernetes
         self.custom: Any = kubernetes.client.CustomObjectsApi()
@@ -117,9 +114,7 @@ class KubeRayProvider:
         short = capacity.quota_shortfalls(requested, quotas, namespace)
         try:
             nodes = serialize(self.call(self.core.list_node).items)
-        except ClusterError as exc:
-            if "(403)" not in str(exc):
-                raise
+        except ClusterForbiddenError as exc:
             log.warning("node capacity not checked: %s", exc)
             return short
         return short + capacity.node_shortfalls(groups, nodes)
@@ -134,25 +129,46 @@ class KubeRayProvider:
         namespace, name = str(spec.namespace), spec.cluster_name
         cluster = build_ray_cluster(spec)
         ensure_secure(cluster)  # never send a manifest that breaks the rules
-        # An existing Secret is left by an earlier attempt of the same name; KubeRay reads the token it holds.
-        with contextlib.suppress(ClusterExistsError):
-            token_secret = build_auth_secret(spec, secrets.token_urlsafe(32))
-            self.call(self.core.create_namespaced_secret, namespace, token_secret)
-        try:
-            self.call(self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, cluster)
-            self.call(
-                self.networking.create_namespaced_network_policy,
-                namespace,
-                build_network_policy(spec, platform_namespace=get_settings().platform_namespace),
+        secret = build_auth_secret(spec, secrets.token_urlsafe(32))
+        policy = build_network_policy(spec, platform_namespace=get_settings().platform_namespace)
+        custom = (GROUP, VERSION, namespace, PLURAL)
+        secret_name, policy_name = secret["metadata"]["name"], policy["metadata"]["name"]
+        writes = [
+            # An existing Secret of that name (an earlier attempt's) is used as it is: KubeRay reads its token.
+            Write(
+                "Secret",
+                secret_name,
+                secret,
+                functools.partial(self.core.create_namespaced_secret, namespace),
+                functools.partial(self.core.read_namespaced_secret, secret_name, namespace),
+                functools.partial(self.core.delete_namespaced_secret, secret_name, namespace),
+                reuse_existing=True,
+            ),
+            Write(
+                "RayCluster",
+                name,
+                cluster,
+                functools.partial(self.custom.create_namespaced_custom_object, *custom),
+                functools.partial(self.custom.get_namespaced_custom_object, *custom, name),
+                functools.partial(self.custom.delete_namespaced_custom_object, *custom, name),
+            ),
+            Write(
+                "NetworkPolicy",
+                policy_name,
+                policy,
+                functools.partial(self.networking.create_namespaced_network_policy, namespace),
+                functools.partial(self.networking.read_namespaced_network_policy, policy_name, namespace),
+                functools.partial(self.networking.delete_namespaced_network_policy, policy_name, namespace),
+            ),
+        ]
+
+        def exists(write: Write) -> str:
+            return (
+                f"{write.kind} {write.name!r} already exists in namespace {namespace!r} and is not this "
+                f"create's; pick another name or delete it first (dml cluster delete {name} -n {namespace})"
             )
-        except ClusterExistsError:
-            raise ClusterExistsError(
-                f"RayCluster {name!r} already exists in namespace {namespace!r}; pick another name or delete it first "
-                f"(dml cluster delete {name} -n {namespace})"
-            ) from None
-        except BaseException:
-            self.delete(name, namespace=namespace)
-            raise
+
+        create_all(self.call, writes, secrets.token_hex(8), exists=exists)
         return self.get(name, namespace=namespace)
 
     def wait_ready(self, name: str, *, namespace: str | None = None, timeout: float = 600.0,
@@ -305,13 +321,18 @@ class KubeRayProvider:
                     time.sleep(delay)
                     delay *= 2
                     continue
-                raise _api_error(exc) from None
+                raise api_error(exc, self.kubeconfig) from None
             except (urllib3.exceptions.HTTPError, ConnectionError) as exc:
                 if attempt < self.retries:
                     time.sleep(delay)
                     delay *= 2
                     continue
-                raise ClusterError(f"Kubernetes API unreachable after {attempt} attempts: {exc}") from exc
+                host = self.core.api_client.configuration.host
+                reason = getattr(exc, "reason", None) or exc
+                raise ClusterUnavailableError(
+                    f"the Kubernetes API at {host} is unreachable ({reason}); check that the cluster is up and that "
+                    f"{self.kubeconfig} points at it"
+                ) from None
         raise AssertionError("unreachable")
 
     def close_forwards(self, namespace: str, name: str, *, pod: str | None = None) -> None:
@@ -367,21 +388,6 @@ class KubeRayProvider:
             else:
                 reasons.append(f"pod {pod.metadata.name} Pending")
         return "; ".join(reasons)
-
-
-def _api_error(exc: Any) -> ClusterError:
-    message = exc.reason
-    with contextlib.suppress(TypeError, ValueError, AttributeError):
-        message = json.loads(exc.body).get("message", message)
-    if exc.status == 404:
-        return ClusterNotFoundError(message)
-    if exc.status == 409:
-        return ClusterExistsError(message)
-    return ClusterError(f"Kubernetes API refused the request ({exc.status}): {message}")
-
-
-def _in_cluster() -> bool:
-    return "KUBERNETES_SERVICE_HOST" in os.environ
 
 
 __all__ = ["KubeRayProvider"]
