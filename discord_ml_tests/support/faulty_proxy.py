@@ -60,15 +60,16 @@ class _Handler(BaseHTTPRequestHandler):
             lost = any(rule.take(self.command, self.path) for rule in self.rules)
         if lost:
             status, kind = 503, "application/json"
-            answer = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503,
-                                 "reason": "ServiceUnavailable", "message": "upstream answer lost (injected)"}).encode()  # fmt: skip
+            lost_status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503}
+            lost_status |= {"reason": "ServiceUnavailable", "message": "upstream answer lost (injected)"}
+            answer = json.dumps(lost_status).encode()
         self.send_response(status)
         self.send_header("Content-Type", kind or "application/json")
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward  # noqa: N815  # http.server's names
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -80,18 +81,27 @@ def faulty_proxy(
 ) -> Iterator[list[LoseAnswers]]:
     """Serve the proxy; write a kubeconfig for it to `kubeconfig_out`; yield its (mutable) list of rules."""
     rules: list[LoseAnswers] = []
-    handler = type("Handler", (_Handler,), {"upstream": upstream, "context": context, "rules": rules,
-                                            "lock": threading.Lock()})  # fmt: skip
+    handler = type(
+        "Handler", (_Handler,), {"upstream": upstream, "context": context, "rules": rules, "lock": threading.Lock()}
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    kubeconfig_out.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "proxy",
-        "clusters": [{"name": "proxy", "cluster": {"server": url}}],
-        "users": [{"name": "proxy", "user": {"token": "unused-the-proxy-authenticates"}}],
-        "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "proxy", "namespace": namespace}}],
-    }))  # fmt: skip
+    kubeconfig_out.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "proxy",
+                "clusters": [{"name": "proxy", "cluster": {"server": url}}],
+                "users": [{"name": "proxy", "user": {"token": "unused-the-proxy-authenticates"}}],
+                "contexts": [
+                    {"name": "proxy", "context": {"cluster": "proxy", "user": "proxy", "namespace": namespace}}
+                ],
+            }
+        )
+    )
     try:
         yield rules
     finally:

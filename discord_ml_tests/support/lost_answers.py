@@ -33,9 +33,11 @@ def check_creates_survive_lost_answers(
         rules[:] = [LoseAnswers("POST", rf"/{kind}$")]
         provider.create(_spec(f"lost-{kind[:3]}"))
         assert rules[0].seen, f"no {kind} answer was lost"
-        assert ours(f"lost-{kind[:3]}") == {"secrets": [f"lost-{kind[:3]}-ray-token"],
-                                           "rayclusters": [f"lost-{kind[:3]}"],
-                                           "networkpolicies": [f"lost-{kind[:3]}-ray"]}  # fmt: skip
+        assert ours(f"lost-{kind[:3]}") == {
+            "secrets": [f"lost-{kind[:3]}-ray-token"],
+            "rayclusters": [f"lost-{kind[:3]}"],
+            "networkpolicies": [f"lost-{kind[:3]}-ray"],
+        }
         provider.delete(f"lost-{kind[:3]}", namespace="ml")
     rules[:] = [LoseAnswers("POST", r"/rayclusters$", times=-1)]  # every answer lost: a clear error, nothing left
     with pytest.raises(ClusterError, match=r"\(503\): upstream answer lost"):
@@ -43,10 +45,11 @@ def check_creates_survive_lost_answers(
     assert ours("lost-all") == {kind: [] for kind in KINDS}
     rules.clear()
     # A name someone else holds: refused, theirs untouched, nothing of ours left.
-    theirs = direct.call(direct.custom.create_namespaced_custom_object, GROUP, VERSION, "ml", PLURAL,
-                         build_ray_cluster(_spec("taken")))  # fmt: skip
+    theirs = direct.call(
+        direct.custom.create_namespaced_custom_object, GROUP, VERSION, "ml", PLURAL, build_ray_cluster(_spec("taken"))
+    )
     try:
-        with pytest.raises(ClusterExistsError, match="RayCluster 'taken' already exists .* not this create's"):
+        with pytest.raises(ClusterExistsError, match=r"RayCluster 'taken' already exists .* not this create's"):
             provider.create(_spec("taken"))
         still = direct.call(direct.custom.get_namespaced_custom_object, GROUP, VERSION, "ml", PLURAL, "taken")
         assert still["metadata"]["uid"] == theirs["metadata"]["uid"]
