@@ -55,7 +55,7 @@ def test_every_manifest_validates_strictly(name: str, obj: dict[str, Any]) -> No
 def test_manifests_cover_the_platform() -> None:
     kinds = sorted({o["kind"] for _, o in _objects()})
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "LimitRange", "Namespace", "NetworkPolicy",
-                     "ResourceQuota", "Role", "RoleBinding", "Service", "ServiceAccount"]  # fmt: skip
+                     "PriorityClass", "ResourceQuota", "Role", "RoleBinding", "Service", "ServiceAccount"]  # fmt: skip
 
 
 def test_every_namespace_enforces_restricted() -> None:

@@ -27,9 +27,9 @@ def _gone(bed: Testbed, name: str) -> bool:
 
 
 def test_the_code_location_engineers_and_xray_can_do_their_calls(testbed: Testbed) -> None:
-    code_location = KubeRayProvider(
-        kubeconfig=str(testbed.service_account_kubeconfig("ml-platform", "discord-ml-code-location"))
-    )
+    # In production the code location reaches dashboards by cluster DNS; from here, through the API server.
+    kubeconfig = testbed.service_account_kubeconfig("ml-platform", "discord-ml-code-location")
+    code_location = KubeRayProvider(kubeconfig=str(kubeconfig), dashboard_access="port-forward")
     assert code_location.preflight(_spec("rbac-run")) == []  # quota in ml, nodes through the node-reader role
     code_location.create(_spec("rbac-run"))
     assert code_location.get("rbac-run", namespace="ml").owner == "alice"
@@ -37,13 +37,18 @@ def test_the_code_location_engineers_and_xray_can_do_their_calls(testbed: Testbe
     code_location.touch("rbac-run", namespace="ml")
     code_location.events("rbac-run", namespace="ml")
     # X-Ray reads every namespace and acts in the team namespace that binds it.
-    xray = KubeRayProvider(kubeconfig=str(testbed.service_account_kubeconfig("ml-platform", "discord-ml-xray")))
+    xray = KubeRayProvider(
+        kubeconfig=str(testbed.service_account_kubeconfig("ml-platform", "discord-ml-xray")),
+        dashboard_access="port-forward",
+    )
     assert [c.name for c in xray.list()] == ["rbac-run"]
     xray.events("rbac-run", namespace="ml")
     xray.delete("rbac-run", namespace="ml")
     eventually("deleted", lambda: _gone(testbed, "rbac-run"))
     # An engineer of team-ml (a person's certificate in the group the RoleBinding names).
-    engineer = KubeRayProvider(kubeconfig=str(testbed.user_kubeconfig("alice@discord.example", ["team-ml"])))
+    engineer = KubeRayProvider(
+        kubeconfig=str(testbed.user_kubeconfig("alice@discord.example", ["team-ml"])), dashboard_access="port-forward"
+    )
     assert engineer.preflight(_spec("rbac-laptop")) == []
     engineer.create(_spec("rbac-laptop"))
     assert [c.name for c in engineer.list(namespace="ml")] == ["rbac-laptop"]
@@ -84,7 +89,7 @@ def test_a_role_without_one_verb_fails_that_call_naming_the_verb_and_resource(te
             "subjects": [{"kind": "User", "name": "mallory", "apiGroup": "rbac.authorization.k8s.io"}],
         },
     )
-    limited = KubeRayProvider(kubeconfig=str(testbed.user_kubeconfig("mallory", [])))
+    limited = KubeRayProvider(kubeconfig=str(testbed.user_kubeconfig("mallory", [])), dashboard_access="port-forward")
     limited.create(_spec("rbac-nodelete"))
     try:
         with pytest.raises(ClusterForbiddenError) as exc:
@@ -92,7 +97,9 @@ def test_a_role_without_one_verb_fails_that_call_naming_the_verb_and_resource(te
         assert 'User "mallory" cannot delete resource "rayclusters" in API group "ray.io"' in str(exc.value)
         assert "ask your platform team for that permission" in str(exc.value)
     finally:
-        KubeRayProvider(kubeconfig=str(testbed.kubeconfig)).delete("rbac-nodelete", namespace="ml")
+        KubeRayProvider(kubeconfig=str(testbed.kubeconfig), dashboard_access="port-forward").delete(
+            "rbac-nodelete", namespace="ml"
+        )
 
 
 def _dml(*argv: str, kubeconfig: Path | str) -> subprocess.CompletedProcess[str]:
@@ -113,14 +120,17 @@ def test_without_a_usable_cluster_each_command_says_why_in_one_line(testbed: Tes
         tmp_path / "missing": "kubeconfig {path} does not exist; point KUBECONFIG at your cluster's kubeconfig",
         stopped: f"the Kubernetes API at https://127.0.0.1:{closed} is unreachable",
         bad_token: "rejected the credentials of kubeconfig {path} (401 Unauthorized)",
-        forbidden: 'forbidden: rayclusters.ray.io is forbidden: User "nobody" cannot list resource "rayclusters"',
+        forbidden: 'is forbidden: User "nobody" cannot {verb} resource "rayclusters" in API group "ray.io"',
     }
     for kubeconfig, expected in cases.items():
-        for argv in (["cluster", "list", "-b", "kuberay"], ["cluster", "get", "x", "-b", "kuberay", "-n", "ml"]):
+        for verb, argv in (
+            ("list", ["cluster", "list", "-b", "kuberay"]),
+            ("get", ["cluster", "get", "x", "-b", "kuberay"]),
+        ):
             done = _dml(*argv, kubeconfig=kubeconfig)
             lines = done.stderr.strip().splitlines()
             assert done.returncode == 2 and len(lines) == 1, (argv, kubeconfig, done.stderr)
-            assert expected.format(path=kubeconfig) in lines[0], lines[0]
+            assert lines[0].startswith("error: ") and expected.format(path=kubeconfig, verb=verb) in lines[0], lines[0]
     # --dry-run needs no cluster: the manifests, and a note that capacity was not checked.
     done = _dml("cluster", "create", "dry", "-b", "kuberay", "--dry-run", "-o", "yaml", kubeconfig=tmp_path / "missing")
     assert done.returncode == 0, done.stderr

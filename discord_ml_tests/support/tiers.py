@@ -218,8 +218,17 @@ def leftovers(started: float, dirs_before: set[Path], grace: float = 20.0) -> li
     while (procs := _ours()) and time.monotonic() < deadline:
         time.sleep(0.5)
     found = [f"process {p.pid}: {_cmdline(p)}" for p in procs]
-    found += [f"directory {d}" for d in _temp_dirs() if d not in dirs_before and d.stat().st_mtime >= started - 1]
+    for directory in _temp_dirs():
+        # New since the start, and used by no process: a cluster another session runs now is not ours.
+        if directory not in dirs_before and directory.stat().st_mtime >= started - 1 and not _in_use(directory):
+            found.append(f"directory {directory}")
     return found
+
+
+def _in_use(directory: Path) -> bool:
+    from discord_ml.cluster.local.processes import processes_using
+
+    return bool(processes_using(str(directory)))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -235,7 +244,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for line in found:
         writer.line(line)
     _kill(_ours())
-    for directory in _temp_dirs():
-        if directory not in dirs_before:
-            shutil.rmtree(directory, ignore_errors=True)
+    for line in found:
+        if line.startswith("directory "):
+            shutil.rmtree(line.removeprefix("directory "), ignore_errors=True)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -81,8 +81,10 @@ def quota_shortfalls(
             left = parse_quantity(str(limit)) - parse_quantity(str(used.get(key, "0")))
             if requested[resource] > left:
                 name = quota.get("metadata", {}).get("name", "?")
-                short.append(f"needs {_show(resource, requested[resource])} {resource}, quota {name} leaves "
-                             f"{_show(resource, max(left, Decimal(0)))} in {namespace}")  # fmt: skip
+                line = (f"needs {_show(resource, requested[resource])} {resource}, quota {name} leaves "
+                        f"{_show(resource, max(left, Decimal(0)))} in {namespace}")  # fmt: skip
+                if line not in short:  # `requests.cpu` and `limits.cpu` short by the same: say it once
+                    short.append(line)
     return short
 
 

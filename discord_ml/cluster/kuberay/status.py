@@ -30,7 +30,9 @@ def cluster_info(obj: Mapping[str, Any]) -> ClusterInfo:
     if meta.get("deletionTimestamp"):
         state, reason = ClusterStatus.DELETING, "being deleted"
     elif conditions.get("ReplicaFailure", {}).get("status") == "True" or status.get("state") == "failed":
-        state, reason = ClusterStatus.FAILED, conditions.get("ReplicaFailure", {}).get("message", "failed")
+        # KubeRay writes `<reason>\n<API message>`: one line reads better in a table.
+        failure = conditions.get("ReplicaFailure", {}).get("message", "failed")
+        state, reason = ClusterStatus.FAILED, failure.replace("\n", ": ")
     elif status.get("state") == "ready" or all(
         conditions.get(c, {}).get("status") == "True" for c in ("HeadPodReady", "RayClusterProvisioned")
     ):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ from discord_ml.cluster.local.processes import free_ports
 from discord_ml_tests.support.kube.build import KUBERAY_VERSION, ensure_built, go
 from discord_ml_tests.support.kube.certs import make_pki
 
+log = logging.getLogger(__name__)
 SERVICE_CIDR = "10.96.0.0/24"  # answered by nothing: `unreachable` route while the testbed runs
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 # Identities: the admin (kubectl's), and one per control-plane component as kubeadm makes them.
@@ -126,6 +128,7 @@ class Testbed:
                 f"--secure-port={api_port}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",  # a loopback address cannot be the kubernetes Service's endpoint
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 f"--tls-cert-file={pki.cert('apiserver')}",
                 f"--tls-private-key-file={pki.key('apiserver')}",
@@ -194,14 +197,15 @@ class Testbed:
         self._wait_default_service_account(deadline=started + timeout)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
+        """Stop the components in the reverse order of their start (etcd last, so none hangs on a
+        missing store), then remove the route."""
+        for name, proc in reversed(self.procs.items()):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in self.procs.values():
             try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
+                log.warning("%s did not stop on SIGTERM in 10s; killing it", name)
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.procs.clear()
@@ -360,6 +364,7 @@ def crd_dir() -> Path:
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/dml-testbed")
     shutil.rmtree(root, ignore_errors=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly under `kill` and `timeout` too
     started = time.monotonic()
     with Testbed(root) as bed:
         print(f"testbed up in {time.monotonic() - started:.1f}s; export KUBECONFIG={bed.kubeconfig}", flush=True)
