@@ -7,12 +7,14 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
-from discord_ml_tests.support.tiers import SESSION_MARK, TIMEOUTS, TierViolationError, leftovers
+from discord_ml_tests.support.tiers import TIMEOUTS, TierViolationError, leftovers
 
 CONFTEST = """
 import pytest
@@ -90,15 +92,21 @@ def test_hangs():
 
 
 @pytest.mark.integration
-def test_leftover_processes_and_cluster_directories_are_found(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_leftover_processes_and_cluster_directories_are_found() -> None:
     started = time.time()
-    assert leftovers(started, set(), grace=0) == []
-    env = {**os.environ, SESSION_MARK: os.environ[SESSION_MARK]}
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    root = Path(tempfile.gettempdir()) / f"dml-{os.getuid()}"
+    root.mkdir(exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix="leftover-", dir=root))
+    # A process of this session that uses the directory: the process is reported, the directory is its.
+    child = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(60)", str(directory)])
     try:
         found = leftovers(started, set(), grace=1)
         assert [line for line in found if line.startswith(f"process {child.pid}:")], found
+        assert f"directory {directory}" not in found
     finally:
         child.kill()
         child.wait()
-    assert not [line for line in leftovers(started, set(), grace=1) if f" {child.pid}:" in line]
+    found = leftovers(started, set(), grace=1)
+    assert not [line for line in found if f" {child.pid}:" in line]
+    assert f"directory {directory}" in found  # nobody uses it any more: left behind
+    directory.rmdir()

@@ -42,7 +42,7 @@ FIXTURE_TIERS = {
 }
 # Set in every process the suite starts (inherited through daemonizing), so the leftover check
 # finds exactly this session's processes and nobody else's.
-SESSION_MARK = "DML_TEST_SESSION"
+SESSION_MARK = "DISCORD_ML_TEST_SESSION"  # not DML_*: the suite clears those for isolation
 
 
 class TierViolationError(AssertionError):
@@ -180,6 +180,8 @@ def _py_stack(pid: int) -> str:
 def _ours() -> list[psutil.Process]:
     """Live processes carrying this session's mark, except pytest itself."""
     mark, me = os.environ.get(SESSION_MARK), os.getpid()
+    if not mark:
+        return []
     found = []
     for proc in psutil.process_iter():
         try:
