@@ -59,9 +59,15 @@ def load_config(kubernetes: Any, kubeconfig: str | None) -> str:
         kubernetes.config.load_kube_config(config_file=path)
     except OSError as exc:
         raise ClusterUnavailableError(f"kubeconfig {first} cannot be read ({exc.strerror}); {fix}") from None
-    except (kubernetes.config.ConfigException, yaml.YAMLError, ValueError, TypeError, AttributeError) as exc:
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "a YAML error"
+        raise ClusterUnavailableError(f"kubeconfig {first} is not valid YAML ({problem}{where}); {fix}") from None
+    except (kubernetes.config.ConfigException, ValueError, TypeError, AttributeError) as exc:
+        reason = " ".join(str(exc).split())  # one line
         raise ClusterUnavailableError(
-            f"kubeconfig {first} is not usable: {exc}; pick a context that exists (kubectl config get-contexts)"
+            f"kubeconfig {first} is not usable: {reason}; pick a context that exists (kubectl config get-contexts)"
         ) from None
     return f"kubeconfig {first}"
 
