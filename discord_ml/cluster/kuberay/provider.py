@@ -132,18 +132,9 @@ class KubeRayProvider:
         secret = build_auth_secret(spec, secrets.token_urlsafe(32))
         policy = build_network_policy(spec, platform_namespace=get_settings().platform_namespace)
         custom = (GROUP, VERSION, namespace, PLURAL)
-        secret_name, policy_name = secret["metadata"]["name"], policy["metadata"]["name"]
         writes = [
             # An existing Secret of that name (an earlier attempt's) is used as it is: KubeRay reads its token.
-            Write(
-                "Secret",
-                secret_name,
-                secret,
-                functools.partial(self.core.create_namespaced_secret, namespace),
-                functools.partial(self.core.read_namespaced_secret, secret_name, namespace),
-                functools.partial(self.core.delete_namespaced_secret, secret_name, namespace),
-                reuse_existing=True,
-            ),
+            Write.typed("Secret", secret, self.core, "secret", namespace, reuse_existing=True),
             Write(
                 "RayCluster",
                 name,
@@ -152,14 +143,7 @@ class KubeRayProvider:
                 functools.partial(self.custom.get_namespaced_custom_object, *custom, name),
                 functools.partial(self.custom.delete_namespaced_custom_object, *custom, name),
             ),
-            Write(
-                "NetworkPolicy",
-                policy_name,
-                policy,
-                functools.partial(self.networking.create_namespaced_network_policy, namespace),
-                functools.partial(self.networking.read_namespaced_network_policy, policy_name, namespace),
-                functools.partial(self.networking.delete_namespaced_network_policy, policy_name, namespace),
-            ),
+            Write.typed("NetworkPolicy", policy, self.networking, "network_policy", namespace),
         ]
 
         def exists(write: Write) -> str:

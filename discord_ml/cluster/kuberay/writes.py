@@ -9,6 +9,7 @@ another's. On failure, every object that carries our mark is deleted, and only t
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,20 @@ class Write:
     read: Callable[[], Any]
     delete: Callable[[], Any]
     reuse_existing: bool = False  # an existing one that is not ours is used as it is, never deleted
+
+    @classmethod
+    def typed(cls, kind: str, body: dict[str, Any], api: Any, noun: str, namespace: str, **options: Any) -> Write:
+        """A write through a typed client API (`create_namespaced_<noun>`, `read_…`, `delete_…`)."""
+        name = body["metadata"]["name"]
+        return cls(
+            kind,
+            name,
+            body,
+            functools.partial(getattr(api, f"create_namespaced_{noun}"), namespace),
+            functools.partial(getattr(api, f"read_namespaced_{noun}"), name, namespace),
+            functools.partial(getattr(api, f"delete_namespaced_{noun}"), name, namespace),
+            **options,
+        )
 
 
 def attempt_of(obj: Any) -> str | None:
