@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from discord_ml.cli.main import app
+from discord_ml.cluster.kuberay.notebooks import KubeRayNotebooks
 from discord_ml.cluster.kuberay.provider import KubeRayProvider
 from discord_ml.cluster.provider import ClusterStatus
 from discord_ml.cluster.spec import ClusterSpec
@@ -81,12 +82,25 @@ def test_a_cluster_is_created_admitted_scheduled_and_collected_with_everything_i
         assert (info.status, info.owner, info.team, info.workers_desired) == (ClusterStatus.PENDING, "alice", "ml", 1)
         assert [(c.namespace, c.name) for c in provider.list()] == [("ml", "kube-life")]
         assert "kube-life-head-svc" in _names(bed, "/api/v1/namespaces/ml/services")
+        # A notebook pod (`dml notebook`): admitted as restricted, owned by the RayCluster.
+        notebook = KubeRayNotebooks(provider).launch("kube-life", namespace="ml", owner="alice")
+        [pod] = [
+            p
+            for p in bed.request("GET", "/api/v1/namespaces/ml/pods")["items"]
+            if p["metadata"]["name"] == notebook.name
+        ]
+        assert [r["kind"] for r in pod["metadata"]["ownerReferences"]] == ["RayCluster"]
+        assert [n.name for n in KubeRayNotebooks(provider).list("kube-life", namespace="ml")] == [notebook.name]
     finally:
         provider.delete("kube-life", namespace="ml")
     # The real garbage collector removes what the RayCluster owns; we removed the Secret and the policy.
     eventually("pods collected", lambda: _pods(bed, "kube-life") == [], timeout=90)
+    eventually("the notebook collected", lambda: notebook.name not in _names(bed, "/api/v1/namespaces/ml/pods"))
     eventually("services collected", lambda: "kube-life-head-svc" not in _names(bed, "/api/v1/namespaces/ml/services"))
-    assert _names(bed, "/api/v1/namespaces/ml/secrets") == []
+    eventually(
+        "secrets gone (ours deleted, the notebook's collected)",
+        lambda: _names(bed, "/api/v1/namespaces/ml/secrets") == [],
+    )
     assert "kube-life-ray" not in _names(bed, "/apis/networking.k8s.io/v1/namespaces/ml/networkpolicies")
 
 
@@ -135,8 +149,11 @@ def test_restricted_admission_rejects_a_non_compliant_pod(as_admin: Testbed) -> 
 
 
 def test_a_create_whose_answers_are_lost_ends_with_one_cluster_or_none(testbed: Testbed, tmp_path: Path) -> None:
-    paths = {"secrets": "/api/v1/namespaces/ml/secrets", "rayclusters": "/apis/ray.io/v1/namespaces/ml/rayclusters",
-             "networkpolicies": "/apis/networking.k8s.io/v1/namespaces/ml/networkpolicies"}  # fmt: skip
+    paths = {
+        "secrets": "/api/v1/namespaces/ml/secrets",
+        "rayclusters": "/apis/ray.io/v1/namespaces/ml/rayclusters",
+        "networkpolicies": "/apis/networking.k8s.io/v1/namespaces/ml/networkpolicies",
+    }
     proxied = tmp_path / "proxy.kubeconfig"
     with faulty_proxy(testbed.server, proxied, context=testbed.ssl_context()) as rules:
         provider = KubeRayProvider(kubeconfig=str(proxied), dashboard_access="port-forward", backoff_s=0.05)
