@@ -297,6 +297,6 @@ def test_kuberay_clusters_show_pending_reasons_and_events_and_a_broken_backend_i
     with TestClient(broken) as client:
         body = client.get("/api/clusters", headers=ALICE).json()
         assert [p.split(":")[0] for p in body["problems"]] == ["kuberay"]
-        assert "Kubernetes API unreachable" in body["problems"][0]
+        assert "the Kubernetes API at http://127.0.0.1:1 is unreachable" in body["problems"][0]
         assert "xr-bob" in [r["name"] for r in body["clusters"]]  # the other backend still shows
-        assert "Kubernetes API unreachable" in client.get("/", headers=ALICE).text
+        assert "the Kubernetes API at http://127.0.0.1:1 is unreachable" in client.get("/", headers=ALICE).text
