@@ -49,6 +49,16 @@ def test_tiers_come_from_fixtures_and_module_declarations(pytester: pytest.Pytes
     assert timeouts == {"test_pure": 60, "test_cluster": 300, "test_browser": 900, "test_declared": 900}
 
 
+def test_tiers_run_in_order_and_a_failing_tier_stops_the_later_ones(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(
+        test_mixed="def test_e2e(browser): ...\ndef test_unit_fails(): assert False\ndef test_unit(): ..."
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=1, failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["tier unit: 2 tests in *", "*SKIPPED*not run: the unit tier failed*"])
+
+
 def test_a_unit_test_that_starts_ray_fails_loudly() -> None:
     fix = r"a unit test started a process .*ray start --head.*pytest.mark.integration"
     with pytest.raises(TierViolationError, match=fix):

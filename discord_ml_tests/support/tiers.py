@@ -42,6 +42,8 @@ FIXTURE_TIERS = {
 }
 # Set in every process the suite starts (inherited through daemonizing), so the leftover check
 # finds exactly this session's processes and nobody else's.
+# Helpers the interpreter starts for itself (torch's multiprocessing spawn) and ends at its exit.
+LIVES_WITH_PYTEST = ("multiprocessing.resource_tracker",)
 SESSION_MARK = "DISCORD_ML_TEST_SESSION"  # not DML_*: the suite clears those for isolation
 
 
@@ -59,8 +61,19 @@ def tier_of(item: pytest.Item) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     for tier in TIERS:
         config.addinivalue_line("markers", f"{tier}: the {tier} tier (assigned by discord_ml_tests/support/tiers.py)")
-    os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
+    # A mark of this session's own: a pytest run inside a test (pytester) must not take the outer
+    # session's processes for its leftovers.
+    config.stash[_outer_mark] = os.environ.get(SESSION_MARK)
+    os.environ[SESSION_MARK] = uuid.uuid4().hex
     config.stash[_started] = (time.time(), set(_temp_dirs()))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    outer = config.stash.get(_outer_mark, None)
+    if outer is None:
+        os.environ.pop(SESSION_MARK, None)
+    else:
+        os.environ[SESSION_MARK] = outer
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -77,10 +90,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.stash[_tier] = tier
     if conflicts:
         raise pytest.UsageError("a test belongs to one tier; remove the lower declaration:\n" + "\n".join(conflicts))
+    # Several tiers in one run go in order (file order within each), so they share the session's
+    # clusters and a failing tier stops the later ones (see pytest_runtest_setup).
+    items.sort(key=lambda item: TIERS.index(item.stash[_tier]))
 
 
 _tier = pytest.StashKey[str]()
 _started = pytest.StashKey[tuple[float, set[Path]]]()
+_outer_mark = pytest.StashKey[str | None]()
+_failed_tier = pytest.StashKey[str]()
+_clock = pytest.StashKey[dict[str, list[float]]]()  # tier -> [first start, last end, tests]
+
+
+# --- several tiers in one run: in order, each timed, none after a failing one ----------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    tier = item.stash.get(_tier, "unit")
+    failed = item.config.stash.get(_failed_tier, None)
+    if failed is not None and TIERS.index(tier) > TIERS.index(failed):
+        pytest.skip(f"not run: the {failed} tier failed")
+    clock = item.config.stash.setdefault(_clock, {})
+    clock.setdefault(tier, [time.monotonic(), 0.0, 0])[2] += 1
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    tier = item.stash.get(_tier, "unit")
+    if report.failed:
+        item.config.stash.setdefault(_failed_tier, tier)
+    if report.when == "teardown" and tier in item.config.stash.get(_clock, {}):
+        item.config.stash[_clock][tier][1] = time.monotonic()
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    clock = terminalreporter.config.stash.get(_clock, None) or {}
+    for tier, (start, end, count) in clock.items():
+        terminalreporter.write_line(f"tier {tier}: {count} tests in {max(end - start, 0):.0f} s")
 
 
 # --- the unit guard ------------------------------------------------------------------------------
@@ -185,8 +234,11 @@ def _ours() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.pid != me and proc.environ().get(SESSION_MARK) == mark and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
+            if proc.pid == me or proc.environ().get(SESSION_MARK) != mark or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.ppid() == me and any(helper in _cmdline(proc) for helper in LIVES_WITH_PYTEST):
+                continue
+            found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found

@@ -35,7 +35,7 @@ class XRayWorld:
                                  worker_memory="1Gi", ttl="1h", **fields)  # fmt: skip
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")  # shared by the integration (API) and e2e (browser) tiers
 def xray_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XRayWorld]:
     home = tmp_path_factory.mktemp("xray")
     world = XRayWorld(LocalRayProvider(home / "local"), home)
@@ -61,7 +61,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")  # shared by the integration (API) and e2e (browser) tiers
 def xray_server(xray_world: XRayWorld) -> Iterator[str]:
     """X-Ray (header auth, like behind the proxy) served by uvicorn on a loopback port; yields its base URL."""
     port = _free_port()
