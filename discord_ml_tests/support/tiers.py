@@ -100,6 +100,8 @@ _started = pytest.StashKey[tuple[float, set[Path]]]()
 _outer_mark = pytest.StashKey[str | None]()
 _failed_tier = pytest.StashKey[str]()
 _clock = pytest.StashKey[dict[str, list[float]]]()  # tier -> [first start, last end, tests]
+_durations = pytest.StashKey[dict[str, list[tuple[float, str]]]]()  # tier -> (seconds, "when nodeid")
+SLOWEST = 15
 
 
 # --- several tiers in one run: in order, each timed, none after a failing one ----------------------
@@ -123,11 +125,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         item.config.stash.setdefault(_failed_tier, tier)
     if report.when == "teardown" and tier in item.config.stash.get(_clock, {}):
         item.config.stash[_clock][tier][1] = time.monotonic()
+    durations = item.config.stash.setdefault(_durations, {}).setdefault(tier, [])
+    durations.append((report.duration, f"{report.when} {item.nodeid}"))
     return report
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     clock = terminalreporter.config.stash.get(_clock, None) or {}
+    durations = terminalreporter.config.stash.get(_durations, None) or {}
+    for tier in clock:
+        terminalreporter.write_sep("-", f"the {SLOWEST} slowest of the {tier} tier")
+        for seconds, what in sorted(durations.get(tier, []), reverse=True)[:SLOWEST]:
+            terminalreporter.write_line(f"{seconds:8.2f}s {what}")
     for tier, (start, end, count) in clock.items():
         terminalreporter.write_line(f"tier {tier}: {count} tests in {max(end - start, 0):.0f} s")
 
