@@ -19,6 +19,7 @@ from discord_ml.cluster.provider import (
 
 
 def api_error(exc: Any, kubeconfig: str) -> ClusterError:
+    """The platform's error for the client's `ApiException` (not found, exists, 401, 403, the rest)."""
     message = exc.reason
     with contextlib.suppress(TypeError, ValueError, AttributeError):
         message = json.loads(exc.body).get("message", message)
