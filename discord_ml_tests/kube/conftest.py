@@ -49,6 +49,7 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
             yield bed
     finally:
         bed.stop()
+    assert bed.leftovers() == [], "the testbed left these behind"
 
 
 @pytest.fixture

@@ -210,8 +210,27 @@ class Testbed:
                 proc.wait()
         self.procs.clear()
         if self._route_added:
-            subprocess.run(["ip", "route", "del", "unreachable", SERVICE_CIDR], check=False, capture_output=True)
-            self._route_added = False
+            removed = subprocess.run(
+                ["ip", "route", "del", "unreachable", SERVICE_CIDR], check=False, capture_output=True
+            )
+            self._route_added = removed.returncode != 0  # still there: `leftovers()` says so
+
+    def leftovers(self) -> list[str]:
+        """What a stopped testbed left on the machine: its processes, its route (none, if stop worked)."""
+        left = [f"{name} (pid {proc.pid})" for name, proc in self.procs.items() if proc.poll() is None]
+        binaries = str(ensure_built().parent)
+        for entry in Path("/proc").iterdir():
+            cmdline = entry / "cmdline"
+            if entry.name.isdigit() and cmdline.exists():
+                with contextlib.suppress(OSError):
+                    if (
+                        cmdline.read_bytes().startswith(binaries.encode())
+                        and str(self.root).encode() in cmdline.read_bytes()
+                    ):
+                        left.append(f"process {entry.name}")
+        if self._route_added:
+            left.append(f"route unreachable {SERVICE_CIDR}")
+        return left
 
     # --- helpers -----------------------------------------------------------------------------
 
