@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from discord_ml.cli.main import app
@@ -50,6 +51,9 @@ def test_the_testbed_is_the_real_control_plane_and_operator(testbed: Testbed) ->
     crd = testbed.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/rayclusters.ray.io")
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     assert {"mode", "secretName"} <= set(spec["authOptions"]["properties"]), f"KubeRay {KUBERAY_VERSION} CRD"
+    # What production installs is the operator tested here.
+    values = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy/kuberay/values.yaml").read_text())
+    assert values["image"]["tag"] == KUBERAY_VERSION
     assert all(proc.poll() is None for proc in testbed.procs.values())
     # deploy/platform applied: the namespaces enforce the restricted profile.
     ml = testbed.request("GET", "/api/v1/namespaces/ml")
