@@ -55,19 +55,19 @@ def local_cluster() -> Iterator[LocalRayCluster]:
 @pytest.fixture
 def kuberay_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeEmulator]:
     """The Kubernetes API emulator, with the kuberay backend pointed at it as a user would (KUBECONFIG)."""
-    require_crds()
-    with serve(tmp_path) as (emulator, kubeconfig):
-        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-        monkeypatch.setenv("DML_KUBERAY_DASHBOARD", "service-ip")
-        yield emulator
+    yield from _emulated(tmp_path, monkeypatch, mode="run")
 
 
 @pytest.fixture
 def kube_status_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeEmulator]:
     """The emulator in status-only mode (its operator marks clusters ready and starts no Ray), with the
     kuberay backend pointed at it (KUBECONFIG): the API's behaviour, for the unit tier."""
+    yield from _emulated(tmp_path, monkeypatch, mode="status")
+
+
+def _emulated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, mode: str) -> Iterator[KubeEmulator]:
     require_crds()
-    with serve(tmp_path, mode="status") as (emulator, kubeconfig):
+    with serve(tmp_path, mode=mode) as (emulator, kubeconfig):
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         monkeypatch.setenv("DML_KUBERAY_DASHBOARD", "service-ip")
         yield emulator

@@ -22,7 +22,7 @@ NODES = {"cpu": 1, "h100": 1}
 
 def apply_platform(bed: Testbed) -> None:
     """deploy/platform as an administrator applies it (kubectl apply -f deploy/platform)."""
-    from kubernetes import client, config, utils
+    from kubernetes import config, utils
 
     api = config.new_client_from_config(config_file=str(bed.kubeconfig))
     for path in sorted(DEPLOY.glob("*.yaml")):
@@ -30,7 +30,6 @@ def apply_platform(bed: Testbed) -> None:
             if doc:
                 utils.create_from_dict(api, doc)
     api.close()
-    del client
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,11 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _running() -> dict[str, Any]:
+    """A pod's status once the kubelet runs it and it is ready (every pod is at 127.0.0.1 here)."""
+    return {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
+
+
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
             "reason": reason, "code": code}  # fmt: skip
@@ -155,7 +160,7 @@ class KubeEmulator:
         if cluster is None:  # deleted meanwhile
             return
         desired = cluster["status"]["desiredWorkerReplicas"]
-        pod["status"] = {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
+        pod["status"] = _running()
         self.put("services", {"apiVersion": "v1", "metadata": {"name": f"{name}-head-svc", "namespace": namespace,
                  "labels": {"ray.io/cluster": name}}, "spec": {"clusterIP": "127.0.0.1", "type": "ClusterIP",
                  "ports": [{"name": k, "port": v, "protocol": "TCP"} for k, v in ports.items()]}})  # fmt: skip
@@ -172,8 +177,7 @@ class KubeEmulator:
         if self.default_mode == "status":  # no process: the pod is only marked running
             with self.lock:
                 if ("pods", namespace, name) in self.objects:
-                    self.objects[("pods", namespace, name)]["status"] = {"phase": "Running", "podIP": "127.0.0.1",
-                        "conditions": [{"type": "Ready", "status": "True"}]}  # fmt: skip
+                    self.objects[("pods", namespace, name)]["status"] = _running()
             return
         with self.lock:
             pod = copy.deepcopy(self.objects[("pods", namespace, name)])
@@ -200,8 +204,7 @@ class KubeEmulator:
                 k8s_kubelet.stop_container(container)
                 return
             self.containers[(namespace, name)] = container
-            live["status"] = {"phase": "Running", "podIP": "127.0.0.1",
-                              "conditions": [{"type": "Ready", "status": "True"}]}  # fmt: skip
+            live["status"] = _running()
 
     def _delete(self, key: tuple[str, str, str]) -> None:
         """Delete an object; what it owns goes with it (the garbage collector), pods stop."""

@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,10 +39,10 @@ FIXTURE_TIERS = {
     "browser": "e2e",  # Chromium driven by Playwright
     "testbed": "kube",  # the real control plane and KubeRay operator (support/kube)
 }
-# Set in every process the suite starts (inherited through daemonizing), so the leftover check
-# finds exactly this session's processes and nobody else's.
 # Helpers the interpreter starts for itself (torch's multiprocessing spawn) and ends at its exit.
 LIVES_WITH_PYTEST = ("multiprocessing.resource_tracker",)
+# Set in every process the suite starts (inherited through daemonizing), so the leftover check
+# finds exactly this session's processes and nobody else's.
 SESSION_MARK = "DISCORD_ML_TEST_SESSION"  # not DML_*: the suite clears those for isolation
 
 
@@ -268,8 +267,10 @@ def _kill(procs: list[psutil.Process]) -> None:
 
 
 def _temp_dirs() -> Iterator[Path]:
-    """Local clusters' directories (cluster/local/processes.py: `<tmp>/dml-<uid>/<name>-…`)."""
-    root = Path(tempfile.gettempdir()) / f"dml-{os.getuid()}"
+    """Local clusters' directories (where `cluster_dir_prefix` puts them)."""
+    from discord_ml.cluster.local.processes import cluster_dir_prefix
+
+    root = cluster_dir_prefix("any").parent
     if root.is_dir():
         yield from root.iterdir()
 

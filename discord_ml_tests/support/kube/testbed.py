@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from discord_ml.cluster.local.processes import free_ports
+from discord_ml.cluster.local.processes import free_ports, processes_using
 from discord_ml_tests.support.kube.build import KUBERAY_VERSION, ensure_built, go
 from discord_ml_tests.support.kube.certs import make_pki
 
@@ -216,18 +216,12 @@ class Testbed:
             self._route_added = removed.returncode != 0  # still there: `leftovers()` says so
 
     def leftovers(self) -> list[str]:
-        """What a stopped testbed left on the machine: its processes, its route (none, if stop worked)."""
-        left = [f"{name} (pid {proc.pid})" for name, proc in self.procs.items() if proc.poll() is None]
-        binaries = str(ensure_built().parent)
-        for entry in Path("/proc").iterdir():
-            cmdline = entry / "cmdline"
-            if entry.name.isdigit() and cmdline.exists():
-                with contextlib.suppress(OSError):
-                    if (
-                        cmdline.read_bytes().startswith(binaries.encode())
-                        and str(self.root).encode() in cmdline.read_bytes()
-                    ):
-                        left.append(f"process {entry.name}")
+        """What a stopped testbed left on the machine: processes naming its directory (in their command
+        line or environment), and its route (none, if stop worked)."""
+        deadline = time.monotonic() + 10  # a killed group's members may still be exiting
+        while (pids := processes_using(str(self.root))) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [f"process {pid}" for pid in pids]
         if self._route_added:
             left.append(f"route unreachable {SERVICE_CIDR}")
         return left
